@@ -1,0 +1,1 @@
+"""edxlive.clients: the acquisition simulator, the shared feed, the dashboard and tail."""

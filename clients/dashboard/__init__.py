@@ -1,0 +1,1 @@
+"""The Textual dashboard. It imports from the service only the protocol and the config."""

@@ -1,0 +1,3 @@
+from edxlive.service.cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""Configuration: a TOML file plus EDXLIVE_* environment variables (pydantic-settings).
+
+Precedence, highest first: explicit overrides (CLI flags) > environment > TOML file > defaults.
+Nested keys use a double underscore in the environment: ``EDXLIVE_ANALYSIS__GMM_K=4``.
+Every default suits a first run on one machine: all endpoints on localhost, data in the
+platform's user data folder, theoretical k-factors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from platformdirs import user_data_path
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "EDXLIVE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InboundConfig(_Section):
+    """Where the acquisition PC publishes. The daemon's SUB socket connects to each."""
+
+    endpoints: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
+    heartbeat_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class OutboundConfig(_Section):
+    """Where clients attach. Port 0 binds an ephemeral port, read back and written to daemon.json."""
+
+    pub: str = "tcp://127.0.0.1:5556"
+    control: str = "tcp://127.0.0.1:5557"
+    status_interval_s: float = Field(default=1.0, gt=0)
+    progress_interval_s: float = Field(default=0.25, gt=0)
+    live_interval_s: float = Field(default=2.0, gt=0)
+    sndhwm: int = Field(default=100, ge=1)
+
+
+class StorageConfig(_Section):
+    data_dir: Path = Field(default_factory=lambda: user_data_path("edxlive", appauthor=False))
+    spectrum_format: Literal["zspy", "hspy"] = "zspy"
+    checkpoint_interval_s: float = Field(default=30.0, ge=0)
+
+
+class BinningConfig(_Section):
+    factor: int = Field(default=2, ge=1, le=16)
+
+
+class LiveConfig(_Section):
+    pca_components: int = Field(default=8, ge=1, le=64)
+    energy_min_kev: float = Field(default=0.2, ge=0)
+    energy_max_kev: float = Field(default=20.0, gt=0)
+    element_maps: bool = True
+
+
+Workflow = Literal["pca_gmm", "umap_hdbscan"]
+
+
+class AnalysisConfig(_Section):
+    workflows: list[Workflow] = Field(default_factory=lambda: ["pca_gmm", "umap_hdbscan"])
+    scaling: Literal["poisson", "robust"] = "poisson"
+    gmm_k: int | None = Field(default=None, ge=1, le=32)
+    gmm_k_max: int = Field(default=8, ge=2, le=32)
+    min_cluster_size: int | None = Field(default=None, ge=2)
+    umap_epochs: int | None = Field(default=None, ge=10)
+    random_state: int | None = 0
+    executor: str = "local"
+    workers: int = Field(default=1, ge=1, le=64)
+    warmup: bool = True
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        if v != "local" and not v.startswith(("tcp://", "tls://", "inproc://")):
+            raise ValueError("executor must be 'local' or a Dask scheduler address like tcp://host:8786")
+        return v
+
+
+class QuantConfig(_Section):
+    elements: list[str] = Field(default_factory=list)
+    kfactors: Path | None = None
+    anions: list[str] = Field(default_factory=lambda: ["S"])
+    beam_energy_kev: float | None = Field(default=None, gt=0)
+
+
+class LimitsConfig(_Section):
+    max_pixels: int = Field(default=2048 * 2048, ge=1)
+    max_channels: int = Field(default=8192, ge=1)
+    max_frames: int = Field(default=10_000, ge=1)
+    max_message_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=1024 * 1024, ge=1024)
+    memory_budget_bytes: int = Field(default=8 * 1024**3, ge=1024**2)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class SecurityConfig(_Section):
+    """CURVE keys. Without ``server_secret_key`` the daemon runs open, on localhost only."""
+
+    server_secret_key: Path | None = None
+    publisher_keys_dir: Path | None = None
+    client_keys_dir: Path | None = None
+    publisher_server_key: Path | None = None
+
+
+class LoggingConfig(_Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDXLIVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    inbound: InboundConfig = Field(default_factory=InboundConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    binning: BinningConfig = Field(default_factory=BinningConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get(CONFIG_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration, with one line that names the key and what is allowed."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings. Raises ConfigError with a one-line message."""
+    from pydantic import ValidationError
+
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"config file {config_file} does not exist; pass an existing TOML file")
+        os.environ[CONFIG_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        raise ConfigError(f"invalid config value for {key}: {err.get('msg')}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read config {config_file}: {exc}") from None
