@@ -55,8 +55,7 @@ def serve(
     print_config: Annotated[bool, typer.Option("--print-config", help="Show the effective configuration and exit.")] = False,
 ) -> None:
     """Run the daemon."""
-    from edxlive.service.config import ConfigError
-    from edxlive.service.daemon import build_settings, print_settings, serve_forever
+    from edxlive.service.config import ConfigError, build_settings, print_settings
 
     try:
         settings = build_settings(config, connect=connect, data_dir=data_dir, pub=pub,
@@ -66,6 +65,8 @@ def serve(
     if print_config:
         print_settings(settings, config)
         return
+    from edxlive.service.daemon import serve_forever
+
     raise typer.Exit(serve_forever(settings))
 
 
