@@ -53,7 +53,7 @@ class ScanMeta:
         return self.energy_offset_kev + self.energy_scale_kev * np.arange(self.channels)
 
     def channel_of(self, energy_kev: float) -> int:
-        return int(round((energy_kev - self.energy_offset_kev) / self.energy_scale_kev))
+        return round((energy_kev - self.energy_offset_kev) / self.energy_scale_kev)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
