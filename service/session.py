@@ -1,0 +1,431 @@
+"""The engine: every scan's state, synchronous and socket-free, with the clock injected.
+
+The runner (daemon.py) hands it decoded messages and the passing of time; it answers with
+effects for the runner to carry out: documents to publish, analysis jobs to start, rejections
+to count and log. Nothing here blocks on I/O except writing the final cube at scan end.
+
+States: idle -> acquiring -> analysing -> idle. A scan moves on to analysis when its scan.end
+arrives, when another scan starts (the old one is aborted), or when its publisher falls silent
+for longer than ``inbound.heartbeat_timeout_s`` (aborted, partial results).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edxlive.service import protocol as p
+from edxlive.service import storage
+from edxlive.service.config import Settings
+from edxlive.service.pipeline.accumulate import Accumulator
+from edxlive.service.pipeline.livepca import LivePCA
+from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
+
+
+@dataclass
+class Publish:
+    model: type[p.Header]
+    fields: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class AnalysisJob:
+    scan_id: str
+    folder: Path
+    meta: ScanMeta
+    cube_path: Path | None
+    dose_path: Path | None
+    revision: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rejection:
+    reason: str
+    detail: str
+    scan_id: str | None
+    first_for_scan: bool
+
+
+@dataclass
+class LogEvent:
+    level: int
+    message: str
+
+
+Effect = Publish | AnalysisJob | Rejection | LogEvent
+
+
+@dataclass
+class Counters:
+    messages: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    gaps: int = 0  # messages missing, by seq
+    duplicates: int = 0
+    late: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        out: dict[str, float] = {f"messages.{k}": v for k, v in self.messages.items()}
+        out |= {"events": self.events, "gaps": self.gaps, "duplicates": self.duplicates, "late": self.late}
+        return out
+
+
+class Scan:
+    """One scan being acquired: its description, accumulator, live PCA and bookkeeping."""
+
+    def __init__(self, start: p.ScanStart, settings: Settings, folder: Path, now: float) -> None:
+        self.start, self.folder = start, folder
+        self.meta = meta_from_start(start, settings.binning.factor)
+        self.acc = Accumulator(start.shape, start.channels, settings.binning.factor, start.frames)
+        live = settings.live
+        self.live = LivePCA(self.acc.binned_shape, start.channels, start.energy_offset_kev, start.energy_scale_kev,
+                            live.energy_min_kev, live.energy_max_kev)
+        self.t_start = self.last_message = now
+        self.frame = 0
+        self.live_frame = -1
+        self.gaps = self.duplicates = self.rejected = 0
+        self.reasons_logged: set[str] = set()
+        self.rate = _Rate(now)
+
+    @property
+    def scan_id(self) -> str:
+        return self.start.scan_id
+
+
+class _Rate:
+    """Events per second over a sliding few seconds, for the progress display."""
+
+    def __init__(self, now: float) -> None:
+        self.samples: list[tuple[float, int]] = [(now, 0)]
+
+    def add(self, now: float, total: int) -> None:
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > 3.0:
+            self.samples.pop(0)
+
+    def per_s(self) -> float:
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def meta_from_start(start: p.ScanStart, binning: int) -> ScanMeta:
+    d = start.detector
+    return ScanMeta(
+        scan_id=start.scan_id, shape=tuple(start.shape), channels=start.channels,  # type: ignore[arg-type]
+        energy_offset_kev=start.energy_offset_kev, energy_scale_kev=start.energy_scale_kev,
+        beam_energy_kev=start.beam_energy_kev, binning=binning, frames=start.frames, frames_completed=0,
+        dwell_time_s=start.dwell_time_s, pixel_size_nm=start.pixel_size_nm,
+        detector=DetectorMeta(d.name, d.elevation_deg, d.azimuth_deg, d.count, d.energy_resolution_mn_ka_ev),
+        elements=list(start.elements), microscope=start.microscope, sample=start.sample,
+    )
+
+
+class Engine:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings, self.clock = settings, clock
+        self.scan: Scan | None = None
+        self.counters = Counters()
+        self.last_seq: dict[str, int] = {}
+        self.ended: dict[str, Path] = {}  # scan_id -> folder, for late chunks and reanalysis
+        self.refused: set[str] = set()
+        self.pending: dict[str, AnalysisJob] = {}
+        self.history: list[dict[str, Any]] = []
+        self.revisions: dict[str, int] = {}
+        self._next_progress = self._next_live = 0.0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> str:
+        if self.scan is not None:
+            return "acquiring"
+        return "analysing" if self.pending else "idle"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "current_scan": self.scan.scan_id if self.scan else None,
+            "counters": self.counters.as_dict(),
+            "rejected": dict(self.counters.rejected),
+            "scans": self.history[-20:],
+        }
+
+    # ------------------------------------------------------------------ inbound
+
+    def handle(self, msg: p.Message) -> list[Effect]:
+        h = msg.header
+        self.counters.messages[h.topic] = self.counters.messages.get(h.topic, 0) + 1
+        effects, fresh = self._sequence(h)
+        if not fresh:
+            return effects
+        if self.scan is not None and h.source:
+            self.scan.last_message = self.clock()
+        handler = {
+            "scan.start": self._on_start, "scan.chunk": self._on_chunk, "scan.end": self._on_end,
+        }.get(h.topic)
+        if handler is not None:
+            effects += handler(msg)
+        return effects
+
+    def _sequence(self, h: p.Header) -> tuple[list[Effect], bool]:
+        """Gap and duplicate detection by (source, seq). A new source is a restart, not a gap."""
+        last = self.last_seq.get(h.source)
+        self.last_seq[h.source] = max(h.seq, last or 0)
+        if last is None or h.seq == last + 1:
+            return [], True
+        if h.seq <= last:
+            self.counters.duplicates += 1
+            if self.scan is not None:
+                self.scan.duplicates += 1
+            return [], False
+        missing = h.seq - last - 1
+        self.counters.gaps += missing
+        if self.scan is not None:
+            self.scan.gaps += missing
+        return [LogEvent(logging.WARNING, f"gap: {missing} message(s) from {h.source} lost before seq {h.seq}")], True
+
+    def reject(self, err: p.ProtocolError, scan_id: str | None = None) -> list[Effect]:
+        self.counters.rejected[err.reason] = self.counters.rejected.get(err.reason, 0) + 1
+        scan = self.scan if self.scan is not None and scan_id in (None, self.scan.scan_id) else None
+        first = True
+        if scan is not None:
+            scan.rejected += 1
+            first = err.reason not in scan.reasons_logged
+            scan.reasons_logged.add(err.reason)
+        return [Rejection(err.reason, err.detail, scan_id, first)]
+
+    def _on_start(self, msg: p.Message) -> list[Effect]:
+        h: p.ScanStart = msg.header  # type: ignore[assignment]
+        if self.scan is not None and self.scan.scan_id == h.scan_id:
+            return self._check_repeat(h)
+        if h.scan_id in self.refused:
+            return []
+        effects: list[Effect] = []
+        if self.scan is not None:
+            effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
+        return effects + self._begin(h)
+
+    def _check_repeat(self, h: p.ScanStart) -> list[Effect]:
+        s = self.scan.start  # type: ignore[union-attr]
+        if (tuple(h.shape), h.channels, h.frames) != (tuple(s.shape), s.channels, s.frames):
+            return self.reject(p.ProtocolError("inconsistent_start", f"repeated scan.start for {h.scan_id} "
+                                               "changes shape, channels or frames; the first one stands"), h.scan_id)
+        return []
+
+    def _begin(self, h: p.ScanStart) -> list[Effect]:
+        need = Accumulator.nbytes_for(tuple(h.shape), h.channels, self.settings.binning.factor, h.frames)  # type: ignore[arg-type]
+        budget = self.settings.limits.memory_budget_bytes
+        if need > budget:
+            self.refused.add(h.scan_id)
+            return self.reject(p.ProtocolError("limits", f"scan {h.scan_id} needs {need / 2**30:.2f} GiB, over the "
+                                               f"memory budget {budget / 2**30:.2f} GiB; bin more or raise "
+                                               "limits.memory_budget_bytes"), h.scan_id)
+        folder = storage.scan_folder(self.settings.storage.data_dir, h.scan_id)
+        self.scan = Scan(h, self.settings, folder, self.clock())
+        self._next_progress = self._next_live = 0.0
+        started = Publish(p.ScanStarted, dict(scan_id=h.scan_id, scan=h, binning=self.settings.binning.factor,
+                                              binned_shape=list(self.scan.acc.binned_shape), folder=str(folder)))
+        log = LogEvent(logging.INFO, f"scan {h.scan_id}: acquiring {h.shape[0]}x{h.shape[1]}x{h.channels}, "
+                                     f"{h.frames} frames -> {folder}")
+        return [log, started]
+
+    def _on_chunk(self, msg: p.Message) -> list[Effect]:
+        h: p.ScanChunk = msg.header  # type: ignore[assignment]
+        scan = self.scan
+        if scan is None or scan.scan_id != h.scan_id:
+            return self._stray_chunk(h)
+        try:
+            p.check_chunk_against_scan(h, msg.arrays, scan.start)
+        except p.ProtocolError as err:
+            return self.reject(err, h.scan_id)
+        if h.encoding == "events":
+            delta = scan.acc.add_events(h.frame, h.first_pixel, h.n_pixels, msg.arrays["pixel"], msg.arrays["channel"])
+        else:
+            delta = scan.acc.add_dense(h.frame, h.first_pixel, msg.arrays["counts"])
+        if delta.duplicate:
+            scan.duplicates += 1
+            self.counters.duplicates += 1
+            return []
+        scan.live.update(delta.bins, delta.channels, delta.counts)
+        self.counters.events += delta.n_events
+        scan.rate.add(self.clock(), scan.acc.events)
+        effects: list[Effect] = []
+        if h.frame > scan.frame:
+            scan.frame = h.frame
+            effects += self._live(scan)  # the previous frame is complete: refresh at least once per frame
+        return effects
+
+    def _stray_chunk(self, h: p.ScanChunk) -> list[Effect]:
+        if h.scan_id in self.ended:
+            self.counters.late += 1
+            return self.reject(p.ProtocolError("late", f"chunk for scan {h.scan_id} after its scan.end"), h.scan_id)
+        if h.scan_id in self.refused:
+            return []
+        return self.reject(p.ProtocolError("no_scan", f"chunk for scan {h.scan_id} before its scan.start; "
+                                           "waiting for the next repeated scan.start"), h.scan_id)
+
+    def _on_end(self, msg: p.Message) -> list[Effect]:
+        h: p.ScanEnd = msg.header  # type: ignore[assignment]
+        if self.scan is None or self.scan.scan_id != h.scan_id:
+            return []
+        self.scan.meta.frames_completed = h.frames_completed
+        return self._finish(h.status, h.reason)
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self) -> list[Effect]:
+        scan = self.scan
+        if scan is None:
+            return []
+        now = self.clock()
+        if now - scan.last_message > self.settings.inbound.heartbeat_timeout_s:
+            return self._finish("aborted", f"no message from the acquisition PC for "
+                                           f"{self.settings.inbound.heartbeat_timeout_s:.0f} s")
+        effects: list[Effect] = []
+        if now >= self._next_progress:
+            self._next_progress = now + self.settings.outbound.progress_interval_s
+            effects.append(self._progress(scan))
+        if now >= self._next_live:
+            effects += self._live(scan)
+        return effects
+
+    def _progress(self, scan: Scan) -> Publish:
+        acc, start = scan.acc, scan.start
+        fraction = float(acc.coverage.mean())
+        elapsed = self.clock() - scan.t_start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        fields = dict(scan_id=scan.scan_id, frame=scan.frame, frames=start.frames, fraction=fraction,
+                      counts_per_pixel=acc.events / start.n_pixels, events_per_s=scan.rate.per_s(), eta_s=eta,
+                      gaps=scan.gaps, duplicates=scan.duplicates, rejected=scan.rejected,
+                      incomplete_fraction=_lost_fraction(acc, scan.frame))
+        return Publish(p.ScanProgress, fields, {"count_map": _downsample(acc.counts_map.reshape(acc.binned_shape))})
+
+    def _live(self, scan: Scan) -> list[Effect]:
+        self._next_live = self.clock() + self.settings.outbound.live_interval_s
+        if scan.acc.events == 0:
+            return []
+        comps = scan.live.refresh(self.settings.live.pca_components)
+        elements, maps = _element_maps(scan) if self.settings.live.element_maps else ([], None)
+        arrays = {"scree": comps.explained_variance_ratio[:32].astype(np.float32),
+                  "components": comps.maps.astype(np.float32)}
+        if maps is not None:
+            arrays["element_maps"] = maps
+        fields = dict(scan_id=scan.scan_id, frame=scan.frame, n_components=int(comps.maps.shape[0]),
+                      elements=elements, energy_offset_kev=scan.start.energy_offset_kev,
+                      energy_scale_kev=scan.start.energy_scale_kev)
+        return [Publish(p.ScanLive, fields, arrays)]
+
+    # ------------------------------------------------------------------ scan end and analysis
+
+    def _finish(self, status: str, reason: str | None) -> list[Effect]:
+        scan = self.scan
+        assert scan is not None
+        self.scan = None
+        meta = scan.meta
+        expected = scan.start.frames if status == "completed" else max(meta.frames_completed, scan.frame + 1)
+        meta.status = status
+        meta.frames_completed = meta.frames_completed or (scan.frame + 1 if scan.acc.events else 0)
+        meta.incomplete_fraction = scan.acc.incomplete_fraction(expected)
+        cube_path = storage.save_array(scan.folder / storage.CUBE_NPY, scan.acc.binned_cube())
+        dose_path = storage.save_array(scan.folder / storage.DOSE_NPY, scan.acc.dose(expected))
+        self.ended[scan.scan_id] = scan.folder
+        job = self._job(scan.scan_id, scan.folder, meta, cube_path, dose_path, {})
+        self.history.append({"scan_id": scan.scan_id, "folder": str(scan.folder), "status": status,
+                             "incomplete_fraction": meta.incomplete_fraction, "finished": None,
+                             "reason": reason, "meta": meta.to_dict()})
+        missing = scan.acc.missing_by_frame(expected)
+        msg = (f"scan {scan.scan_id}: {status}" + (f" ({reason})" if reason else "") +
+               f", {scan.acc.events} events, incomplete {meta.incomplete_fraction:.2%}"
+               + (f", missing pixels by frame {missing}" if missing else "") + "; analysing")
+        return [LogEvent(logging.INFO, msg), self._progress(scan), *self._live(scan), job]
+
+    def _job(self, scan_id: str, folder: Path, meta: ScanMeta, cube_path: Path | None, dose_path: Path | None,
+             params: dict[str, Any]) -> AnalysisJob:
+        rev = self.revisions.get(scan_id, -1) + 1
+        self.revisions[scan_id] = rev
+        job = AnalysisJob(scan_id, folder, meta, cube_path, dose_path, rev, params)
+        self.pending[f"{scan_id}#{rev}"] = job
+        return job
+
+    def analysis_finished(self, job: AnalysisJob, outcome: dict[str, Any] | BaseException) -> list[Effect]:
+        self.pending.pop(f"{job.scan_id}#{job.revision}", None)
+        failed = isinstance(outcome, BaseException)
+        reason = f"{type(outcome).__name__}: {outcome}" if failed else None
+        entry = next((e for e in reversed(self.history) if e["scan_id"] == job.scan_id), None)
+        if entry is not None:
+            entry["finished"] = time.time()
+            entry["analysis"] = "failed" if failed else "ok"
+        doc: dict[str, Any] = {} if failed else outcome  # type: ignore[assignment]
+        fields = dict(scan_id=job.scan_id, revision=job.revision, status="failed" if failed else "ok",
+                      reason=reason, workflows=doc.get("workflows", {}), agreement=doc.get("agreement", {}),
+                      verdict=doc.get("verdict", {}), energy_offset_kev=job.meta.energy_offset_kev,
+                      energy_scale_kev=job.meta.energy_scale_kev, folder=str(job.folder))
+        paths = sorted(str(x) for x in job.folder.iterdir() if not x.name.startswith("."))
+        level = logging.ERROR if failed else logging.INFO
+        text = f"scan {job.scan_id}: analysis {'failed: ' + str(reason) if failed else 'done'} (revision {job.revision})"
+        return [LogEvent(level, text), Publish(p.ScanResult, fields, _result_arrays(job.folder, doc)),
+                Publish(p.ScanFinished, dict(scan_id=job.scan_id, status=job.meta.status if not failed else "failed",
+                                             folder=str(job.folder), paths=paths,
+                                             incomplete_fraction=job.meta.incomplete_fraction))]
+
+    def reanalyze(self, scan_id: str | None, params: dict[str, Any]) -> list[Effect]:
+        entry = next((e for e in reversed(self.history) if scan_id in (None, e["scan_id"])), None)
+        if entry is None:
+            return self.reject(p.ProtocolError("reanalyze", f"no finished scan {scan_id or ''} to re-analyse"))
+        folder = Path(entry["folder"])
+        meta = ScanMeta.from_dict(entry["meta"])
+        cube = folder / storage.CUBE_NPY
+        dose = folder / storage.DOSE_NPY
+        return [self._job(entry["scan_id"], folder, meta, cube if cube.exists() else None,
+                          dose if dose.exists() else None, params)]
+
+
+def _lost_fraction(acc: Accumulator, frame: int) -> float:
+    """Share of (pixel, frame) pairs lost so far, over the frames already finished."""
+    if frame <= 0:
+        return 0.0
+    return acc.incomplete_fraction(frame)
+
+
+def _downsample(image: np.ndarray, limit: int = 128) -> np.ndarray:
+    step = max(1, -(-max(image.shape) // limit))
+    ny, nx = (-(-image.shape[0] // step)) * step, (-(-image.shape[1] // step)) * step
+    padded = np.zeros((ny, nx), dtype=np.float64)
+    padded[: image.shape[0], : image.shape[1]] = image
+    return padded.reshape(ny // step, step, nx // step, step).sum(axis=(1, 3)).astype(np.float32)
+
+
+def _element_maps(scan: Scan) -> tuple[list[str], np.ndarray | None]:
+    """Line-window maps (±1 FWHM around each element's main line) from the binned cube."""
+    from edxlive.service.pipeline.xray import main_line_window
+
+    names, maps = [], []
+    cube = scan.acc.cube
+    for el in scan.start.elements:
+        window = main_line_window(el, scan.meta)
+        if window is None:
+            continue
+        lo, hi = window
+        names.append(el)
+        maps.append(cube[:, lo:hi].sum(axis=1, dtype=np.float64).reshape(scan.acc.binned_shape))
+    return names, (np.array(maps, dtype=np.float32) if maps else None)
+
+
+def _result_arrays(folder: Path, doc: dict[str, Any]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name in doc.get("workflows", {}):
+        labels = folder / f"labels_{name}.npy"
+        spectra = folder / f"mean_spectra_{name}.npy"
+        if labels.exists():
+            arrays[f"labels/{name}"] = np.load(labels).astype(np.int16)
+        if spectra.exists():
+            arrays[f"spectra/{name}"] = np.load(spectra).astype(np.float32)
+    return arrays
