@@ -178,3 +178,63 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"invalid config value for {key}: {err.get('msg')}") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read config {config_file}: {exc}") from None
+
+
+def build_settings(config_file: Path | None = None, *, connect: list[str] | None = None,
+                   data_dir: Path | None = None, pub: str | None = None, control: str | None = None,
+                   metrics_port: int | None = None) -> Settings:
+    """CLI flags over environment over TOML file over defaults."""
+    settings = load_settings(config_file)
+    overrides = {
+        ("inbound", "endpoints"): connect or None,
+        ("storage", "data_dir"): data_dir,
+        ("outbound", "pub"): pub,
+        ("outbound", "control"): control,
+        ("metrics", "port"): metrics_port,
+    }
+    from pydantic import ValidationError
+
+    for (section, key), value in overrides.items():
+        if value is None:
+            continue
+        try:
+            setattr(getattr(settings, section), key, value)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid value for {section}.{key}: {exc.errors()[0].get('msg')}") from None
+        _CLI_KEYS.add(f"{section}.{key}")
+    return settings
+
+
+_CLI_KEYS: set[str] = set()
+
+
+def value_sources(config_file: Path | None) -> dict[str, str]:
+    """Where each key's value came from: cli, env, file or default."""
+    import tomllib
+
+    file_keys: set[str] = set()
+    path = config_file or os.environ.get(CONFIG_ENV)
+    if path and Path(path).is_file():
+        data = tomllib.loads(Path(path).read_text())
+        file_keys = {f"{s}.{k}" for s, table in data.items() if isinstance(table, dict) for k in table}
+    sources = {}
+    for section, model in Settings.model_fields.items():
+        for key in model.annotation.model_fields:  # type: ignore[union-attr]
+            dotted = f"{section}.{key}"
+            env = f"EDXLIVE_{section.upper()}__{key.upper()}"
+            sources[dotted] = ("cli" if dotted in _CLI_KEYS else "env" if env in os.environ
+                               else "file" if dotted in file_keys else "default")
+    return sources
+
+
+def print_settings(settings: Settings, config_file: Path | None = None) -> None:
+    """The effective configuration as TOML, each value annotated with where it came from."""
+    import json
+
+    sources = value_sources(config_file)
+    dumped = settings.model_dump(mode="json")
+    for section, table in dumped.items():
+        print(f"[{section}]")
+        for key, value in table.items():
+            print(f"{key} = {json.dumps(value)}  # {sources.get(f'{section}.{key}', 'default')}")
+        print()

@@ -347,6 +347,17 @@ class Engine:
                + (f", missing pixels by frame {missing}" if missing else "") + "; analysing")
         return [LogEvent(logging.INFO, msg), self._progress(scan), *self._live(scan), job]
 
+    def interrupt(self, reason: str) -> list[Effect]:
+        """End the current scan without analysing it (daemon shutdown): its counts are saved, and
+        result.json says the analysis was not run, so `edxlive analyze` or a reanalysis can follow."""
+        effects = self._finish("aborted", reason)
+        job = next(e for e in effects if isinstance(e, AnalysisJob))
+        self.pending.pop(f"{job.scan_id}#{job.revision}", None)
+        cube = np.load(job.cube_path) if job.cube_path else np.zeros(0)
+        storage.write_result_json(job.folder, storage.result_document(
+            job.meta, cube, {"analysis": f"not run: {reason}"}))
+        return [e for e in effects if not isinstance(e, AnalysisJob)]
+
     def _job(self, scan_id: str, folder: Path, meta: ScanMeta, cube_path: Path | None, dose_path: Path | None,
              params: dict[str, Any]) -> AnalysisJob:
         rev = self.revisions.get(scan_id, -1) + 1

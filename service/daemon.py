@@ -1,0 +1,220 @@
+"""The daemon: the one place where the parts are wired together.
+
+Follow one scan: receiver.py decodes what the acquisition PC sends -> session.Engine accumulates
+it and says what to publish -> publisher.Outbound sends it to the clients -> at scan end
+analysis.AnalysisRunner analyses it in a worker process -> storage/report write the result
+folder -> the engine publishes scan.result and scan.finished.
+
+The loop never blocks on analysis, a client or a bad message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from edxlive.service import __version__, storage
+from edxlive.service import protocol as p
+from edxlive.service.analysis import AnalysisRunner
+from edxlive.service.config import Settings
+from edxlive.service.logs import setup_logging
+from edxlive.service.metrics import Metrics
+from edxlive.service.publisher import Outbound
+from edxlive.service.receiver import Receiver
+from edxlive.service.sdnotify import notify, watchdog_interval
+from edxlive.service.session import AnalysisJob, Effect, Engine, LogEvent, Publish, Rejection
+
+log = logging.getLogger("edxlive.daemon")
+RUNTIME_FILE = "daemon.json"
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.storage.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(self.data_dir / ".numba-cache"))
+        self.started = time.monotonic()
+        self.ctx = zmq.Context()
+        self.metrics = Metrics()
+        self.engine = Engine(settings)
+        self.curve = _curve(settings)
+        self.outbound = Outbound(self.ctx, settings.outbound.pub, settings.outbound.control, settings.outbound.sndhwm,
+                                 p.new_source_id("edxlive"), curve=self.curve)
+        lim = settings.limits
+        limits = p.Limits(max_header_bytes=lim.max_header_bytes, max_message_bytes=lim.max_message_bytes,
+                          max_pixels=lim.max_pixels, max_channels=lim.max_channels, max_frames=lim.max_frames)
+        self.receiver = Receiver(self.ctx, settings.inbound.endpoints, limits, lim.max_message_bytes, curve=self.curve)
+        self.analysis = AnalysisRunner(settings)
+        self.metrics_endpoint = ""
+        if settings.metrics.enabled:
+            port = self.metrics.start_server(settings.metrics.address, settings.metrics.port)
+            self.metrics_endpoint = f"http://{settings.metrics.address}:{port}/metrics"
+        self.stopping = False
+        self.recent_errors: list[str] = []
+        self._ready_sent = False
+
+    # ------------------------------------------------------------------ effects
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Publish):
+                self.outbound.publish(effect.model, effect.fields, effect.arrays)
+                if effect.model is p.ScanProgress:
+                    self.metrics.scan_progress(effect.fields["fraction"])
+            elif isinstance(effect, AnalysisJob):
+                self.analysis.submit(effect)
+            elif isinstance(effect, Rejection):
+                self._rejected(effect)
+            elif isinstance(effect, LogEvent):
+                log.log(effect.level, effect.message)
+        self.metrics.scan_state(self.engine.state)
+
+    def _rejected(self, r: Rejection) -> None:
+        self.metrics.message_rejected(r.reason)
+        if r.first_for_scan:
+            line = f"rejected ({r.reason}){' in scan ' + r.scan_id if r.scan_id else ''}: {r.detail}"
+            log.warning(line + " [logged once per reason per scan]")
+            self.recent_errors = [*self.recent_errors[-9:], line]
+
+    # ------------------------------------------------------------------ loop steps
+
+    def ingest(self) -> None:
+        before_gaps, before_dups = self.engine.counters.gaps, self.engine.counters.duplicates
+        for item in self.receiver.drain():
+            if isinstance(item, p.ProtocolError):
+                self.apply(self.engine.reject(item))
+                continue
+            self.metrics.messages_received(item.topic)
+            events_before = self.engine.counters.events
+            try:
+                self.apply(self.engine.handle(item))
+            except Exception as exc:  # noqa: BLE001 - a message must never kill the daemon
+                log.exception("internal error handling %s", item.topic)
+                self.apply(self.engine.reject(p.ProtocolError("internal", f"{type(exc).__name__}: {exc}")))
+            self.metrics.events_ingested(self.engine.counters.events - events_before)
+            if item.topic == "scan.chunk":
+                self.metrics.ingest_lag(max(0.0, time.time() - item.header.time))
+        self.metrics.chunks_missing(self.engine.counters.gaps - before_gaps)
+        self.metrics.chunks_duplicated(self.engine.counters.duplicates - before_dups)
+
+    def collect_analyses(self) -> None:
+        for job, outcome, took in self.analysis.done():
+            failed = isinstance(outcome, BaseException)
+            self.metrics.analysis_duration("total", "all", took)
+            if not failed:
+                for name, wf in outcome.get("workflows", {}).items():  # type: ignore[union-attr]
+                    for stage, seconds in wf.get("durations_s", {}).items():
+                        self.metrics.analysis_duration(stage, name, float(seconds))
+            self.metrics.scan_outcome("failed" if failed else job.meta.status)
+            self.apply(self.engine.analysis_finished(job, outcome))
+
+    def control(self, req: p.Request) -> p.Reply:
+        if req.kind == "status":
+            return self.outbound.reply(req, True, self.status_fields())
+        effects = self.engine.reanalyze(req.params.get("scan_id"), req.params)
+        rejected = [e for e in effects if isinstance(e, Rejection)]
+        self.apply(effects)
+        if rejected:
+            return self.outbound.reply(req, False, error=rejected[0].detail)
+        job = next(e for e in effects if isinstance(e, AnalysisJob))
+        return self.outbound.reply(req, True, {"scan_id": job.scan_id, "revision": job.revision})
+
+    def status_fields(self) -> dict[str, Any]:
+        st = self.engine.status()
+        return dict(
+            state=st["state"], version=__version__, uptime_s=time.monotonic() - self.started,
+            pub_endpoint=self.outbound.pub_endpoint, control_endpoint=self.outbound.control_endpoint,
+            metrics_endpoint=self.metrics_endpoint, current_scan=st["current_scan"], counters=st["counters"],
+            rejected=st["rejected"], recent_errors=self.recent_errors,
+            scans=[{k: v for k, v in s.items() if k != "meta"} for s in st["scans"]],
+            security="curve" if self.curve else "open",
+        )
+
+    def publish_status(self) -> None:
+        self.outbound.poll_monitor()
+        self.metrics.clients_connected(self.outbound.clients)
+        self.outbound.publish(p.ServiceStatus, self.status_fields())
+
+    def write_runtime_file(self) -> Path:
+        doc = {"pid": os.getpid(), "daemon_uid": self.outbound.daemon_uid, "pub": self.outbound.pub_endpoint,
+               "control": self.outbound.control_endpoint, "metrics": self.metrics_endpoint,
+               "inbound": self.receiver.endpoints, "data_dir": str(self.data_dir), "version": __version__}
+        return storage.write_json(self.data_dir / RUNTIME_FILE, doc)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        self.write_runtime_file()
+        log.info("edxlive %s: inbound %s, pub %s, control %s, metrics %s, data %s, security %s", __version__,
+                 ",".join(self.receiver.endpoints), self.outbound.pub_endpoint, self.outbound.control_endpoint,
+                 self.metrics_endpoint or "off", self.data_dir, "CURVE" if self.curve else "open (localhost only)")
+        poller = zmq.Poller()
+        poller.register(self.receiver.socket, zmq.POLLIN)
+        poller.register(self.outbound.router, zmq.POLLIN)
+        next_tick = next_status = next_watchdog = 0.0
+        dog = watchdog_interval()
+        while not self.stopping:
+            poller.poll(50)
+            self.ingest()
+            self.outbound.serve_control(self.control)
+            self.collect_analyses()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 0.1
+                self.apply(self.engine.tick())
+                self._ready()
+            if now >= next_status:
+                next_status = now + self.settings.outbound.status_interval_s
+                self.publish_status()
+            if dog and now >= next_watchdog:
+                next_watchdog = now + dog
+                notify("WATCHDOG=1")
+        return self.shutdown()
+
+    def _ready(self) -> None:
+        if not self._ready_sent and self.analysis.ready:
+            self._ready_sent = True
+            notify("READY=1")
+            log.info("ready (analysis warm-up done)")
+
+    def shutdown(self) -> int:
+        notify("STOPPING=1")
+        log.info("shutting down")
+        if self.engine.scan is not None:
+            self.apply(self.engine.interrupt("daemon stopped"))
+        self.analysis.shutdown(wait=True)
+        self.collect_analyses()
+        self.publish_status()
+        self.receiver.close()
+        self.outbound.close()
+        self.ctx.term()
+        (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        return 0
+
+
+def _curve(settings: Settings) -> Any:
+    if settings.security.server_secret_key is None:
+        return None
+    from edxlive.service.security import curve_setup
+
+    return curve_setup(settings.security)
+
+
+def serve_forever(settings: Settings) -> int:
+    setup_logging(settings.logging)
+    daemon = Daemon(settings)
+
+    def stop(signum: int, _frame: object) -> None:
+        daemon.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return daemon.run()
+

@@ -1,0 +1,73 @@
+"""From the binned cube to the matrix the clustering sees: energy cut, dose normalisation, scaling.
+
+- Energy cut: channels below 0.2 keV (the zero-energy noise peak) and above 20 keV (or the end of
+  the spectrum) are dropped; the rest is rebinned so that at most ``max_channels`` remain.
+- Dose: a pixel swept by fewer frames (a gap) is scaled up by 1/dose so it is comparable with its
+  neighbours; pixels never observed are left out of the clustering (label −1).
+- Scaling (``scaling``):
+  - ``poisson``: Keenan–Kotula. X / √(g ⊗ h) with g the mean image and h the mean spectrum, which
+    makes Poisson noise roughly homoscedastic so PCA ranks components by signal, not by counts.
+  - ``robust``: scikit-learn's RobustScaler per channel, as the reference method does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edxlive.service.pipeline.meta import ScanMeta
+
+SCALINGS = ("poisson", "robust")
+
+
+@dataclass
+class Prepared:
+    X: np.ndarray  # (n_observed, n_features) float32, scaled
+    observed: np.ndarray  # bool (n_pixels,): pixels that enter the clustering
+    channels: slice  # the kept channel range of the full spectrum
+    rebin: int
+
+
+def energy_range(meta: ScanMeta, e_min: float = 0.2, e_max: float = 20.0) -> slice:
+    lo = max(0, int(np.ceil((e_min - meta.energy_offset_kev) / meta.energy_scale_kev)))
+    hi = min(meta.channels, int(np.floor((e_max - meta.energy_offset_kev) / meta.energy_scale_kev)) + 1)
+    return slice(lo, hi) if hi > lo else slice(0, meta.channels)
+
+
+def cut_and_rebin(flat: np.ndarray, meta: ScanMeta, max_channels: int = 1024) -> tuple[np.ndarray, slice, int]:
+    rng = energy_range(meta)
+    data = flat[:, rng]
+    rebin = max(1, -(-data.shape[1] // max_channels))
+    n = data.shape[1] // rebin * rebin
+    reduced = data[:, :n].reshape(data.shape[0], -1, rebin).sum(axis=2, dtype=np.float64)
+    return reduced, rng, rebin
+
+
+def prepare(cube: np.ndarray, meta: ScanMeta, scaling: str = "poisson", dose: np.ndarray | None = None,
+            max_channels: int = 1024) -> Prepared:
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling {scaling!r} is not known; use one of {', '.join(SCALINGS)}")
+    flat = cube.reshape(-1, cube.shape[-1])
+    reduced, rng, rebin = cut_and_rebin(flat, meta, max_channels)
+    observed = np.ones(reduced.shape[0], dtype=bool) if dose is None else dose.reshape(-1) > 0
+    X = reduced[observed]
+    if dose is not None:
+        X = X / dose.reshape(-1)[observed][:, None]
+    X = poisson_scale(X) if scaling == "poisson" else robust_scale(X)
+    return Prepared(X.astype(np.float32), observed, rng, rebin)
+
+
+def poisson_scale(X: np.ndarray) -> np.ndarray:
+    """Keenan & Kotula (2004): divide by √(mean image ⊗ mean spectrum)."""
+    g = X.mean(axis=1)
+    h = X.mean(axis=0)
+    g = np.where(g > 0, g, g[g > 0].min() if (g > 0).any() else 1.0)
+    h_safe = np.where(h > 0, h, np.inf)
+    return X / np.sqrt(g[:, None]) / np.sqrt(h_safe[None, :])
+
+
+def robust_scale(X: np.ndarray) -> np.ndarray:
+    from sklearn.preprocessing import RobustScaler
+
+    return RobustScaler().fit_transform(X)

@@ -1,0 +1,103 @@
+"""The analysis's inputs and outputs as plain dataclasses, and their JSON form (result.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edxlive.service.pipeline.entropy import Entropy
+from edxlive.service.pipeline.meta import ScanMeta
+from edxlive.service.pipeline.quantify import Composition
+
+WORKFLOWS = ("pca_gmm", "umap_hdbscan")
+
+
+@dataclass
+class AnalysisParams:
+    workflows: list[str] = field(default_factory=lambda: list(WORKFLOWS))
+    scaling: str = "poisson"
+    gmm_k: int | None = None
+    gmm_k_max: int = 8
+    min_cluster_size: int | None = None
+    umap_epochs: int | None = None
+    random_state: int | None = 0
+    elements: list[str] = field(default_factory=list)
+    kfactors: Path | None = None
+    anions: list[str] = field(default_factory=lambda: ["S"])
+    faithful: bool = False
+
+
+@dataclass
+class ClusterResult:
+    id: int
+    n_pixels: float
+    area_fraction: float
+    counts_per_pixel: float
+    composition: Composition | None
+    entropy: Entropy | None
+    role: str = "phase"  # phase | vacuum | support
+
+    def to_json(self) -> dict[str, Any]:
+        comp = self.composition
+        return {
+            "id": self.id, "n_pixels": round(float(self.n_pixels), 2), "area_fraction": self.area_fraction,
+            "counts_per_pixel": self.counts_per_pixel, "role": self.role,
+            "vacuum": self.role == "vacuum",
+            "composition_at_pct": {} if comp is None or comp.vacuum else
+            {el: [round(v, 3), round(s, 3)] for el, (v, s) in comp.at_pct.items()},
+            "composition_wt_pct": {} if comp is None or comp.vacuum else
+            {el: [round(v, 3), round(s, 3)] for el, (v, s) in comp.wt_pct.items()},
+            "line_intensities": {} if comp is None else
+            {ln: [round(v, 1), round(s, 1)] for ln, (v, s) in comp.intensities.items()},
+            "warnings": [] if comp is None else list(comp.warnings),
+            "config_entropy_R": None if self.entropy is None else self.entropy.to_json(),
+        }
+
+
+@dataclass
+class WorkflowResult:
+    name: str
+    labels: np.ndarray  # int16 (ny_b, nx_b), -1 = noise / unobserved
+    mean_spectra: np.ndarray  # (n_clusters, channels): summed raw counts per cluster
+    clusters: list[ClusterResult]
+    params: dict[str, Any]
+    durations_s: dict[str, float]
+    noise_fraction: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": f"labels_{self.name}.npy", "params": self.params,
+            "durations_s": {k: round(v, 3) for k, v in self.durations_s.items()},
+            "noise_fraction": self.noise_fraction, "n_clusters": len(self.clusters),
+            "clusters": [c.to_json() for c in self.clusters], **self.extras,
+        }
+
+
+@dataclass
+class AnalysisResult:
+    meta: ScanMeta
+    workflows: dict[str, WorkflowResult]
+    agreement: dict[str, Any]
+    verdict: dict[str, Any]
+    elements: list[str]
+    elements_source: str
+    kfactors: dict[str, float]
+    kfactors_source: str
+    quantification_method: str
+    energy_shift_kev: float = 0.0
+    durations_s: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "elements": self.elements, "elements_source": self.elements_source,
+            "kfactors": {"values": self.kfactors, "source": self.kfactors_source},
+            "quantification_method": self.quantification_method,
+            "energy_calibration_shift_kev": round(self.energy_shift_kev, 4),
+            "workflows": {name: wf.to_json() for name, wf in self.workflows.items()},
+            "agreement": self.agreement, "verdict": self.verdict,
+            "durations_s": {k: round(v, 3) for k, v in self.durations_s.items()},
+        }
