@@ -34,8 +34,6 @@ def load_eds(path: Path, *, frames: bool = False, downsample: int = 1, rebin_ene
     if not path.is_file():
         raise LoadError(f"{path}: no such file; give the path of a spectrum image (.bcf .emd .pts .hspy .zspy)")
     kwargs = _reader_options(path, frames, downsample, rebin_energy)
-    if allow_single:
-        kwargs.pop("select_type", None)
     try:
         with warnings.catch_warnings(), _quiet_rsciio():
             warnings.simplefilter("ignore")
@@ -44,7 +42,23 @@ def load_eds(path: Path, *, frames: bool = False, downsample: int = 1, rebin_ene
         raise LoadError(f"{path.name}: reading it needs the Python package {exc.name!r}; pip install {exc.name}") from None
     except Exception as exc:  # noqa: BLE001 - readers raise anything; the user needs one line
         raise LoadError(f"{path.name}: cannot read it as a spectrum image ({type(exc).__name__}: {exc})") from None
+    if allow_single and not loaded and path.suffix.lower() == ".emd" and not _is_pruned(path):
+        with warnings.catch_warnings(), _quiet_rsciio():
+            warnings.simplefilter("ignore")
+            loaded = hs.load(path, select_type="single_spectrum", sum_EDS_detectors=True)
     return _pick_eds(path, loaded, allow_single)
+
+
+def _is_pruned(path: Path) -> bool:
+    """A Velox file whose spectrum image was pruned keeps its SpectrumImage entry but no stream."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            data = fh.get("Data", {})
+            return len(data.get("SpectrumImage", {})) > 0 and len(data.get("SpectrumStream", {})) == 0
+    except OSError:
+        return False
 
 
 def _reader_options(path: Path, frames: bool, downsample: int, rebin_energy: int) -> dict[str, Any]:

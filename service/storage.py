@@ -40,7 +40,7 @@ def scan_folder(data_dir: Path, scan_id: str, when: datetime | None = None) -> P
             folder = base.with_name(f"{base.name}.{n}")
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -57,7 +57,7 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n")
 
-    return _atomic(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def _json_default(obj: Any) -> Any:
@@ -79,7 +79,7 @@ def save_array(path: Path, array: np.ndarray) -> Path:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
 
-    return _atomic(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def write_spectrum_image(folder: Path, cube: np.ndarray, meta: ScanMeta, fmt: str = "zspy") -> Path:

@@ -1,8 +1,9 @@
 """Workflow 2 of the reference method: UMAP to 4 dimensions, then HDBSCAN (Euclidean).
 
 Fast mode (the default) feeds UMAP the PCA scores rather than the scaled spectra: the scores
-carry the signal and far fewer dimensions, so the neighbour search is much cheaper. The
-``faithful`` mode feeds UMAP the scaled spectra, exactly as the reference method.
+carry the signal in far fewer dimensions, so an exact neighbour graph is cheap (scikit-learn),
+and UMAP is handed that graph. The ``faithful`` mode feeds UMAP the scaled spectra with UMAP's
+own defaults, exactly as the reference method.
 
 ``min_cluster_size`` is in binned pixels: the smallest region worth calling a phase. Its default
 is 1 % of the observed pixels, at least 10. HDBSCAN marks noise −1; noise pixels stay out of the
@@ -30,28 +31,45 @@ def default_min_cluster_size(n_pixels: int) -> int:
     return max(10, n_pixels // 100)
 
 
-def embed(X: np.ndarray, random_state: int | None = 0, n_epochs: int | None = None) -> np.ndarray:
+N_NEIGHBORS = 15
+FAST_EPOCHS = 200
+
+
+def embed(X: np.ndarray, random_state: int | None = 0, n_epochs: int | None = None, faithful: bool = False
+          ) -> np.ndarray:
+    """UMAP to 4-D. Fast mode hands UMAP an exact k-nearest-neighbour graph from scikit-learn (no
+    JIT, and exact on these few dimensions) instead of pynndescent, whose numba compilation alone
+    costs ~40 s in every new process, and runs 200 epochs (UMAP's own default for large data)."""
     import umap
 
-    reducer = umap.UMAP(n_components=4, n_neighbors=15, min_dist=0.0, metric="euclidean",
+    kwargs: dict = {}
+    if not faithful:
+        from sklearn.neighbors import NearestNeighbors
+
+        k = min(N_NEIGHBORS, len(X) - 1)
+        dist, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+        kwargs["precomputed_knn"] = (idx, dist.astype(np.float32), None)
+        n_epochs = n_epochs or FAST_EPOCHS
+    reducer = umap.UMAP(n_components=4, n_neighbors=min(N_NEIGHBORS, len(X) - 1), min_dist=0.0, metric="euclidean",
                         random_state=random_state, n_epochs=n_epochs,
-                        n_jobs=1 if random_state is not None else -1)
+                        n_jobs=1 if random_state is not None else -1, **kwargs)
     return reducer.fit_transform(X)
 
 
 def cluster(embedding: np.ndarray, min_cluster_size: int) -> np.ndarray:
     import hdbscan
 
-    model = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(min_cluster_size, 10),
-                            metric="euclidean", core_dist_n_jobs=1)
+    # min_samples = min_cluster_size (HDBSCAN's default): a smaller one splits a noisy carbon film
+    # into dozens of clumps (ARI 0.06 vs 0.90 on the sulfide phantom, docs/analysis.md)
+    model = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, metric="euclidean", core_dist_n_jobs=1)
     return model.fit_predict(embedding).astype(np.int64)
 
 
 def umap_hdbscan(X: np.ndarray, min_cluster_size: int | None = None, random_state: int | None = 0,
-                 n_epochs: int | None = None) -> UMAPHDBSCANResult:
+                 n_epochs: int | None = None, faithful: bool = False) -> UMAPHDBSCANResult:
     mcs = min_cluster_size or default_min_cluster_size(len(X))
     t0 = time.perf_counter()
-    emb = embed(X, random_state, n_epochs)
+    emb = embed(X, random_state, n_epochs, faithful)
     t1 = time.perf_counter()
     labels = cluster(emb, mcs)
     t2 = time.perf_counter()

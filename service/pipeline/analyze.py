@@ -1,0 +1,175 @@
+"""The scan-end analysis: from a binned cube to clusters, compositions ± σ, entropy and a verdict.
+
+Both the daemon (in a worker process) and `edxlive analyze` call ``analyze_cube``. Steps:
+elements (given, from metadata, or identified) -> energy-calibration check -> k-factors ->
+preprocessing -> PCA -> workflows (pca_gmm, umap_hdbscan) -> cluster sums of raw counts ->
+quantification -> entropy -> verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from edxlive.service.pipeline import xray
+from edxlive.service.pipeline.elements import identify_elements, validate_elements
+from edxlive.service.pipeline.entropy import configurational_entropy
+from edxlive.service.pipeline.kfactors import KFactors, resolve_kfactors
+from edxlive.service.pipeline.meta import ScanMeta
+from edxlive.service.pipeline.pca_gmm import gmm, pca_scores
+from edxlive.service.pipeline.preprocess import prepare
+from edxlive.service.pipeline.quantify import METHOD, Composition, estimate_shift, quantify
+from edxlive.service.pipeline.results import AnalysisParams, AnalysisResult, ClusterResult, WorkflowResult
+from edxlive.service.pipeline.spectra import hard_sums, soft_sums
+from edxlive.service.pipeline.umap_hdbscan import umap_hdbscan
+from edxlive.service.pipeline.verdict import LOW_COUNTS_PER_PX, Member, build_verdict, role_of
+
+Progress = Callable[[str, float], None]
+VACUUM_FRACTION = 0.1  # a cluster under 10 % of the scan's mean counts per pixel is vacuum
+UMAP_MIN_DIMS = 6
+
+
+class Context:
+    """What every workflow needs: the raw counts, the quantification setup, the observed pixels."""
+
+    def __init__(self, cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, observed: np.ndarray,
+                 elements: list[str], kfactors: KFactors, shift: float) -> None:
+        self.flat = cube.reshape(-1, cube.shape[-1])
+        self.meta, self.params, self.observed = meta, params, observed
+        self.elements, self.kfactors, self.shift = elements, kfactors, shift
+        self.map_shape = cube.shape[:2]
+        self.mean_cpp = float(self.flat[observed].sum(dtype=np.float64) / max(observed.sum(), 1))
+
+    def clusters(self, sums: np.ndarray, sizes: np.ndarray) -> list[ClusterResult]:
+        n_obs = max(int(self.observed.sum()), 1)
+        comps = quantify(sums, self.meta, self.elements, self.kfactors, self.shift) if len(sums) else []
+        out = []
+        for k, (total, size) in enumerate(zip(sums, sizes, strict=True)):
+            cpp = float(total.sum() / size) if size else 0.0
+            comp: Composition | None = comps[k]
+            if cpp < VACUUM_FRACTION * self.mean_cpp:
+                comp = Composition({}, {}, comp.intensities, float(total.sum()), True, ["vacuum: too few counts"])
+            role = role_of(comp)
+            entropy = None
+            if role == "phase" and comp is not None:
+                entropy = configurational_entropy({el: v for el, (v, _) in comp.at_pct.items()}, self.params.anions)
+            out.append(ClusterResult(k, float(size), float(size) / n_obs, cpp, comp, entropy, role))
+        return out
+
+    def label_map(self, labels_observed: np.ndarray) -> np.ndarray:
+        full = np.full(self.flat.shape[0], -1, dtype=np.int16)
+        full[self.observed] = labels_observed
+        return full.reshape(self.map_shape)
+
+
+def analyze_cube(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.ndarray | None = None,
+                 progress: Progress | None = None) -> AnalysisResult:
+    report = progress or (lambda stage, fraction: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cube = np.asarray(cube)
+    total = cube.reshape(-1, cube.shape[-1]).sum(axis=0, dtype=np.float64)
+    elements, source = choose_elements(params.elements, meta, total)
+    shift = estimate_shift(total, meta, elements)
+    emax = xray.energy_max(meta)
+    kf = resolve_kfactors([xray.quant_line(el, meta.beam_energy_kev, emax) for el in elements], meta, params.kfactors)
+    timings["elements"] = time.perf_counter() - t0
+    report("preprocessing", 0.1)
+    t1 = time.perf_counter()
+    prepared = prepare(cube, meta, "robust" if params.faithful else params.scaling, dose)
+    pca = pca_scores(prepared.X, random_state=params.random_state)
+    timings["preprocess_pca"] = time.perf_counter() - t1
+    ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift)
+    workflows: dict[str, WorkflowResult] = {}
+    if "pca_gmm" in params.workflows:
+        report("pca_gmm", 0.3)
+        workflows["pca_gmm"] = run_pca_gmm(ctx, pca, timings["preprocess_pca"])
+    if "umap_hdbscan" in params.workflows:
+        report("umap_hdbscan", 0.5)
+        features = prepared.X if params.faithful else _umap_features(prepared.X, pca)
+        workflows["umap_hdbscan"] = run_umap_hdbscan(ctx, features, timings["preprocess_pca"])
+    report("verdict", 0.9)
+    agreement = _agreement(workflows, prepared.observed)
+    low = _low_count_elements(total, meta, elements, kf, shift)
+    members = [Member(name, c.id, c.composition, c.area_fraction, c.counts_per_pixel, c.role)
+               for name, wf in workflows.items() for c in wf.clusters]
+    verdict = build_verdict(members, agreement.get("ari"), low)
+    timings["total"] = time.perf_counter() - t0
+    report("done", 1.0)
+    return AnalysisResult(meta, workflows, agreement, verdict, elements, source, kf.values, kf.source, METHOD,
+                          shift, timings)
+
+
+def choose_elements(given: list[str], meta: ScanMeta, total: np.ndarray) -> tuple[list[str], str]:
+    if given:
+        return validate_elements(given), "user"
+    if meta.elements:
+        return validate_elements(meta.elements), "scan metadata"
+    return identify_elements(total, meta), "identified from the sum spectrum"
+
+
+def _umap_features(X: np.ndarray, pca) -> np.ndarray:  # noqa: ANN001
+    """PCA scores carry the signal in few dimensions; keep at least 6 so UMAP has room."""
+    n = max(pca.n_keep, UMAP_MIN_DIMS)
+    if n <= pca.scores.shape[1]:
+        return pca.scores
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=min(n, *X.shape), random_state=0).fit_transform(X)
+
+
+def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:  # noqa: ANN001
+    p = ctx.params
+    t0 = time.perf_counter()
+    g = gmm(pca.scores, p.gmm_k, p.gmm_k_max, p.random_state)
+    t1 = time.perf_counter()
+    sums, sizes = soft_sums(ctx.flat[ctx.observed], g.memberships)
+    clusters = ctx.clusters(sums, sizes)
+    t2 = time.perf_counter()
+    params = {"scaling": "robust" if p.faithful else p.scaling, "n_components": pca.n_keep, "k": g.k,
+              "k_source": "user" if p.gmm_k else "BIC", "random_state": p.random_state}
+    extras = {"scree": [round(float(v), 6) for v in pca.scree], "bic": {str(k): v for k, v in g.bic.items()},
+              "suggested_k": g.suggested_k}
+    return WorkflowResult("pca_gmm", ctx.label_map(g.labels), sums, clusters, params,
+                          {"pca": pca_seconds, "gmm": t1 - t0, "quantify": t2 - t1}, 0.0, extras)
+
+
+def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> WorkflowResult:
+    p = ctx.params
+    u = umap_hdbscan(features, p.min_cluster_size, p.random_state, p.umap_epochs, p.faithful)
+    t0 = time.perf_counter()
+    n_clusters = int(u.labels.max()) + 1 if u.labels.size and u.labels.max() >= 0 else 0
+    sums, sizes = hard_sums(ctx.flat[ctx.observed], u.labels, n_clusters)
+    clusters = ctx.clusters(sums, sizes)
+    params = {"input": "scaled spectra" if p.faithful else f"PCA scores ({features.shape[1]} dims)",
+              "n_components": 4, "min_cluster_size": u.min_cluster_size, "random_state": p.random_state,
+              "n_epochs": p.umap_epochs}
+    durations = {"pca": pca_seconds, **u.durations_s, "quantify": time.perf_counter() - t0}
+    return WorkflowResult("umap_hdbscan", ctx.label_map(u.labels), sums, clusters, params, durations,
+                          u.noise_fraction)
+
+
+def _agreement(workflows: dict[str, WorkflowResult], observed: np.ndarray) -> dict[str, float | None]:
+    if len(workflows) < 2:
+        return {"ari": None}
+    from sklearn.metrics import adjusted_rand_score
+
+    a, b = (wf.labels.reshape(-1)[observed] for wf in list(workflows.values())[:2])
+    return {"ari": round(float(adjusted_rand_score(a, b)), 4)}
+
+
+def _low_count_elements(total: np.ndarray, meta: ScanMeta, elements: list[str], kf: KFactors,
+                        shift: float) -> dict[str, float]:
+    if not elements:
+        return {}
+    [comp] = quantify(total[None], meta, elements, kf, shift)
+    n_raw = meta.shape[0] * meta.shape[1]
+    out = {}
+    for el in elements:
+        line = xray.quant_line(el, meta.beam_energy_kev, xray.energy_max(meta))
+        cpp = comp.intensities.get(line, (0.0, 0.0))[0] / max(n_raw, 1)
+        if cpp < LOW_COUNTS_PER_PX:
+            out[el] = cpp
+    return out
