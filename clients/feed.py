@@ -23,6 +23,7 @@ This module imports from the service only ``protocol`` and ``config`` (import-li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -168,10 +169,8 @@ class Feed:
     def _send(self, req: p.Request) -> None:
         assert self._dealer is not None
         self._request_id = req.request_id
-        try:
+        with contextlib.suppress(zmq.Again):  # not connected yet: the liveness check retries
             self._dealer.send_multipart(p.encode(req), zmq.NOBLOCK)
-        except zmq.Again:  # not connected yet: the liveness check retries
-            pass
 
     def _check_liveness(self, out: list[FeedItem]) -> None:
         now = time.monotonic()

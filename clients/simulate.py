@@ -185,7 +185,7 @@ class _progress:
         self.enabled = not quiet and sys.stderr.isatty()
         self.total, self.label = total, label
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         if not self.enabled:
             return lambda: None
         from rich.console import Console

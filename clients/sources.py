@@ -20,6 +20,9 @@ import numpy as np
 
 from edxlive.service.pipeline.meta import ScanMeta
 
+# Suffixes of the spectrum-image files HyperSpy/RosettaSciIO read; anything else is a phantom name.
+FILE_SUFFIXES = frozenset({".bcf", ".emd", ".pts", ".hspy", ".zspy"})
+
 
 @dataclass
 class SparseFrame:
@@ -93,7 +96,7 @@ def load_source(source: str, *, frames: int | None = None, seed: int | None = No
     """A file path or a phantom name -> ScanSource. Raises LoadError / KeyError with one-line messages."""
     rng = np.random.default_rng(seed)
     path = Path(source)
-    if path.suffix and (path.exists() or "/" in source or path.suffix.lower() in {".bcf", ".emd", ".pts", ".hspy", ".zspy"}):
+    if path.suffix and (path.exists() or "/" in source or path.suffix.lower() in FILE_SUFFIXES):
         return _from_file(path, frames, rng, bin_energy, downsample, scan_id)
     return _from_phantom(source, frames or 10, rng, seed, scan_id)
 
@@ -119,7 +122,7 @@ def _from_phantom(name: str, n_frames: int, rng: np.random.Generator, seed: int 
                   scan_id: str | None) -> ScanSource:
     from edxlive.clients.phantoms import make_phantom
 
-    ph = make_phantom(name, seed=seed)
+    ph = make_phantom(name, seed=0 if seed is None else seed)  # the same specimen every time; thinning varies
     meta = ph.meta
     meta.scan_id = scan_id or meta.scan_id
     meta.frames = meta.frames_completed = n_frames

@@ -56,7 +56,8 @@ def run_job(job: AnalysisJob, params: dict[str, Any], spectrum_format: str) -> d
     report.write_analysis_outputs(job.folder, result)
     analysis = result.to_json()
     analysis["revision"] = job.revision
-    storage.write_result_json(job.folder, storage.result_document(job.meta, np.asarray(cube), analysis, spectrum_format))
+    doc = storage.result_document(job.meta, np.asarray(cube), analysis, spectrum_format)
+    storage.write_result_json(job.folder, doc)
     if job.cube_path is not None and job.cube_path.exists():
         job.cube_path.unlink()  # the spectrum image now holds these counts
     return analysis

@@ -95,7 +95,7 @@ class Daemon:
             events_before = self.engine.counters.events
             try:
                 self.apply(self.engine.handle(item))
-            except Exception as exc:  # noqa: BLE001 - a message must never kill the daemon
+            except Exception as exc:
                 log.exception("internal error handling %s", item.topic)
                 self.apply(self.engine.reject(p.ProtocolError("internal", f"{type(exc).__name__}: {exc}")))
             self.metrics.events_ingested(self.engine.counters.events - events_before)

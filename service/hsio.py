@@ -39,8 +39,9 @@ def load_eds(path: Path, *, frames: bool = False, downsample: int = 1, rebin_ene
             warnings.simplefilter("ignore")
             loaded = hs.load(path, **kwargs)
     except ModuleNotFoundError as exc:
-        raise LoadError(f"{path.name}: reading it needs the Python package {exc.name!r}; pip install {exc.name}") from None
-    except Exception as exc:  # noqa: BLE001 - readers raise anything; the user needs one line
+        raise LoadError(f"{path.name}: reading it needs the Python package {exc.name!r}; "
+                        f"pip install {exc.name}") from None
+    except Exception as exc:
         raise LoadError(f"{path.name}: cannot read it as a spectrum image ({type(exc).__name__}: {exc})") from None
     if allow_single and not loaded and path.suffix.lower() == ".emd" and not _is_pruned(path):
         with warnings.catch_warnings(), _quiet_rsciio():
@@ -125,7 +126,8 @@ def meta_from_signal(sig: Any, scan_id: str, *, frames: int = 1, binning: int = 
     return ScanMeta(
         scan_id=scan_id, shape=(ny, nx), channels=int(eax.size),
         energy_offset_kev=offset, energy_scale_kev=scale,
-        beam_energy_kev=float(_item(sig, f"{tem}.beam_energy", None) or _item(sig, "Acquisition_instrument.SEM.beam_energy", 200.0)),
+        beam_energy_kev=float(_item(sig, f"{tem}.beam_energy", None)
+                              or _item(sig, "Acquisition_instrument.SEM.beam_energy", 200.0)),
         binning=binning, frames=frames, frames_completed=frames,
         dwell_time_s=float(_item(sig, f"{det}.live_time", 1e-5) or 1e-5) / max(ny * nx, 1),
         pixel_size_nm=pixel_nm,

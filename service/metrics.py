@@ -18,8 +18,10 @@ STATES = ("idle", "acquiring", "analysing")
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self._received = Counter("edxlive_messages_received", "Inbound messages received, by topic", ["topic"], registry=r)
-        self._rejected = Counter("edxlive_messages_rejected", "Inbound messages rejected, by reason", ["reason"], registry=r)
+        self._received = Counter("edxlive_messages_received", "Inbound messages received, by topic", ["topic"],
+                                 registry=r)
+        self._rejected = Counter("edxlive_messages_rejected", "Inbound messages rejected, by reason", ["reason"],
+                                 registry=r)
         self._events = Counter("edxlive_xray_events_ingested", "X-ray events accumulated", registry=r)
         self._missing = Counter("edxlive_chunks_missing", "Inbound messages lost (sequence gaps)", registry=r)
         self._duplicated = Counter("edxlive_chunks_duplicated", "Duplicate inbound messages ignored", registry=r)

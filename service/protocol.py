@@ -419,7 +419,7 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS, topics: Seq
         return _decode(frames, limits, topics)
     except ProtocolError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the decoder's contract: one error type, never a crash
+    except Exception as exc:
         raise ProtocolError("schema", f"{type(exc).__name__}: {exc}") from None
 
 
@@ -506,7 +506,8 @@ def check_chunk_against_scan(chunk: ScanChunk, arrays: dict[str, np.ndarray], sc
         if chan.size and int(chan.max()) >= scan.channels:
             raise ProtocolError("out_of_range", f"channel {int(chan.max())} >= channels {scan.channels}")
     elif arrays["counts"].shape[1] != scan.channels:
-        raise ProtocolError("buffer_mismatch", f"dense chunk has {arrays['counts'].shape[1]} channels, scan has {scan.channels}")
+        got = arrays["counts"].shape[1]
+        raise ProtocolError("buffer_mismatch", f"dense chunk has {got} channels, scan has {scan.channels}")
 
 
 class Sequencer:

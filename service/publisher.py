@@ -8,6 +8,7 @@ only the updates newer than that.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -54,17 +55,16 @@ class Outbound:
     def daemon_uid(self) -> str:
         return self.seq.source
 
-    def publish(self, model: type[p.Header], fields: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    def publish(self, model: type[p.Header], fields: dict[str, Any],
+                arrays: dict[str, np.ndarray] | None = None) -> None:
         header = model(**self.seq.next(), **fields)
         frames = [bytes(f) for f in p.encode(header, arrays)]
         self.latest[model.topic] = frames
         if model.topic == "scan.started":  # a new scan: the previous scan's documents are stale
             for topic in ("scan.progress", "scan.live", "scan.result", "scan.finished"):
                 self.latest.pop(topic, None)
-        try:
+        with contextlib.suppress(zmq.Again):
             self.pub.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def poll_monitor(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -94,7 +94,8 @@ class Outbound:
             if reply is not None:
                 self._reply(identity, reply)
 
-    def reply(self, req: p.Request, ok: bool, result: dict[str, Any] | None = None, error: str | None = None) -> p.Reply:
+    def reply(self, req: p.Request, ok: bool, result: dict[str, Any] | None = None,
+              error: str | None = None) -> p.Reply:
         return p.Reply(**self.seq.next(), request_id=req.request_id, ok=ok, result=result or {}, error=error)
 
     def _reply(self, identity: bytes, reply: p.Reply) -> None:

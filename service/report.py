@@ -63,7 +63,7 @@ def write_cluster_png(path: Path, wf: WorkflowResult, result: AnalysisResult) ->
         plt.close(fig)
 
 
-def _legend(c) -> str:  # noqa: ANN001
+def _legend(c) -> str:
     if c.role != "phase" or c.composition is None:
         return f"{c.id}: {c.role} ({100 * c.area_fraction:.0f}%)"
     top = sorted(c.composition.at_pct.items(), key=lambda kv: -kv[1][0])[:3]

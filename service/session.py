@@ -381,7 +381,8 @@ class Engine:
                       energy_scale_kev=job.meta.energy_scale_kev, folder=str(job.folder))
         paths = sorted(str(x) for x in job.folder.iterdir() if not x.name.startswith("."))
         level = logging.ERROR if failed else logging.INFO
-        text = f"scan {job.scan_id}: analysis {'failed: ' + str(reason) if failed else 'done'} (revision {job.revision})"
+        outcome = f"failed: {reason}" if failed else "done"
+        text = f"scan {job.scan_id}: analysis {outcome} (revision {job.revision})"
         return [LogEvent(level, text), Publish(p.ScanResult, fields, _result_arrays(job.folder, doc)),
                 Publish(p.ScanFinished, dict(scan_id=job.scan_id, status=job.meta.status if not failed else "failed",
                                              folder=str(job.folder), paths=paths,

@@ -110,7 +110,7 @@ def choose_elements(given: list[str], meta: ScanMeta, total: np.ndarray) -> tupl
     return identify_elements(total, meta), "identified from the sum spectrum"
 
 
-def _umap_features(X: np.ndarray, pca) -> np.ndarray:  # noqa: ANN001
+def _umap_features(X: np.ndarray, pca) -> np.ndarray:
     """PCA scores carry the signal in few dimensions; keep at least 6 so UMAP has room."""
     n = max(pca.n_keep, UMAP_MIN_DIMS)
     if n <= pca.scores.shape[1]:
@@ -120,7 +120,7 @@ def _umap_features(X: np.ndarray, pca) -> np.ndarray:  # noqa: ANN001
     return PCA(n_components=min(n, *X.shape), random_state=0).fit_transform(X)
 
 
-def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:  # noqa: ANN001
+def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:
     p = ctx.params
     t0 = time.perf_counter()
     g = gmm(pca.scores, p.gmm_k, p.gmm_k_max, p.random_state)

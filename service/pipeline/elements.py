@@ -3,7 +3,8 @@
 Identification by fitting, not by peak lookup alone: with the elements found so far, the same
 line model that quantifies (quantify.build_model) is fitted to the sum spectrum; the most
 significant peak left in the residual (≥ 5σ, Poisson) is explained by the candidate element,
-among those with a line within max(50 eV, ½ FWHM) of it (after the calibration shift), whose addition lowers χ² the most.
+among those with a line within max(50 eV, ½ FWHM) of it (after the calibration shift), whose
+addition lowers χ² the most.
 Common elements are preferred over exotic ones at equal fit. The energy calibration shift is
 first estimated from the strongest peaks against common Kα/Lα lines, then re-estimated as
 elements are found, so a spectrum off by tens of eV is still read correctly. Only residual peaks
@@ -25,12 +26,11 @@ from edxlive.service.pipeline import xray
 from edxlive.service.pipeline.meta import ScanMeta
 
 # Elements a microscopist expects to see named; exotic ones must fit clearly better to be chosen.
-COMMON = frozenset(
-    "C N O F Na Mg Al Si P S Cl K Ca Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Sr Y Zr Nb Mo Ru Rh Pd Ag Cd In Sn "
-    "Sb Te Ba La Ce Nd Hf Ta W Re Os Ir Pt Au Pb Bi".split()
-)
+_COMMON = ("C N O F Na Mg Al Si P S Cl K Ca Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Sr Y Zr Nb Mo Ru Rh Pd Ag Cd In Sn "
+           "Sb Te Ba La Ce Nd Hf Ta W Re Os Ir Pt Au Pb Bi")
+COMMON = frozenset(_COMMON.split())
 # Never present as a solid specimen's constituent (no stable isotope, or a noble gas rarely seen).
-NEVER = frozenset("He Ne Kr Xe Rn Tc Pm Po At Fr Ra Ac".split())
+NEVER = frozenset(["He", "Ne", "Kr", "Xe", "Rn", "Tc", "Pm", "Po", "At", "Fr", "Ra", "Ac"])
 EXOTIC_PENALTY = 0.7  # an exotic element must reduce chi2 by 1/0.7 times as much as a common one
 
 
@@ -76,9 +76,7 @@ def identify_elements(spectrum: np.ndarray, meta: ScanMeta, significance: float 
 
 
 def _chi2(spec: np.ndarray, meta: ScanMeta, elements: list[str], shift: float) -> tuple[float, np.ndarray, slice]:
-    from edxlive.service.pipeline.quantify import build_model, fit
-
-    from edxlive.service.pipeline.quantify import poisson_variance
+    from edxlive.service.pipeline.quantify import build_model, fit, poisson_variance
 
     model = build_model(meta, elements, shift)
     coef, _ = fit(spec, model)

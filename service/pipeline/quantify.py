@@ -139,8 +139,8 @@ def _one(spectrum: np.ndarray, model: Model, elements: list[str], kfactors: KFac
     warnings = [f"{ln}: no significant intensity (clipped at 0)" for ln, i in zip(model.lines, intensity, strict=True)
                 if i <= 0]
     return Composition(
-        at_pct={el: (100 * float(a), 100 * float(np.sqrt(max(at_cov[j, j], 0)))) for j, (el, a) in enumerate(zip(elements, at, strict=True))},
-        wt_pct={el: (100 * float(w), 100 * float(np.sqrt(max(wt_cov[j, j], 0)))) for j, (el, w) in enumerate(zip(elements, wt, strict=True))},
+        at_pct=_percent(elements, at, at_cov),
+        wt_pct=_percent(elements, wt, wt_cov),
         intensities=intensities, total_counts=total, vacuum=False, warnings=warnings,
     )
 
@@ -179,3 +179,9 @@ def estimate_shift(spectrum: np.ndarray, meta: ScanMeta, elements: list[str], ma
         if chi < best_chi:
             best, best_chi = float(shift), chi
     return best
+
+
+def _percent(elements: list[str], frac: np.ndarray, cov: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Fractions and their covariance as {element: (percent, 1σ percent)}."""
+    sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
+    return {el: (100 * float(f), 100 * float(s)) for el, f, s in zip(elements, frac, sigma, strict=True)}

@@ -173,8 +173,9 @@ def _distinct_reasons(groups: list[list[Member]]) -> list[str]:
             diff = differing_elements(Composition(ca, {}, {}, 0, False), Composition(cb, {}, {}, 0, False))
             if diff:
                 el, va, sa, vb, sb = max(diff, key=lambda d: abs(d[1] - d[3]))
-                reasons.append(f"phase {i} and phase {j} differ in {el}: {va:.1f} ± {sa:.1f} vs {vb:.1f} ± {sb:.1f} at% "
-                               f"(> {SIGMA_LIMIT:g}σ)" + (f", and {len(diff) - 1} more element(s)" if len(diff) > 1 else ""))
+                more = f", and {len(diff) - 1} more element(s)" if len(diff) > 1 else ""
+                reasons.append(f"phase {i} and phase {j} differ in {el}: {va:.1f} ± {sa:.1f} vs {vb:.1f} ± {sb:.1f} "
+                               f"at% (> {SIGMA_LIMIT:g}σ){more}")
     return reasons
 
 

@@ -1,0 +1,264 @@
+"""`edxlive dashboard`: the Textual app on the daemon's outbound channel.
+
+The Feed (Clone pattern, ``clients/feed.py``) runs in a worker thread and posts what it receives
+to the app; the app applies it to a pure ``DashboardState`` and redraws the sections that changed.
+Re-analysis requests go out on their own worker thread, so the screen never waits on the network.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container
+from textual.message import Message
+from textual.widgets import ContentSwitcher, Footer, Header, Static
+
+from edxlive.clients.dashboard.help import HelpScreen
+from edxlive.clients.dashboard.live import LiveView
+from edxlive.clients.dashboard.results import ResultsView
+from edxlive.clients.dashboard.service_view import ServiceView
+from edxlive.clients.dashboard.state import DashboardState
+
+VIEWS = ("live", "results", "service")
+DEBOUNCE_S = 0.8  # +/- pressed three times sends one request, for the final value
+
+
+class FeedItems(Message):
+    """A batch from the feed thread."""
+
+    def __init__(self, items: list[Any]) -> None:
+        super().__init__()
+        self.items = items
+
+
+class ReplyArrived(Message):
+    def __init__(self, ok: bool, text: str, revision: int | None) -> None:
+        super().__init__()
+        self.ok, self.text, self.revision = ok, text, revision
+
+
+class Dashboard(App[int]):
+    CSS_PATH = "dashboard.tcss"
+    TITLE = "edxlive"
+    BINDINGS: ClassVar[list[Binding]] = [
+        Binding("1", "view('live')", "Live"),
+        Binding("2", "view('results')", "Results"),
+        Binding("3", "view('service')", "Service"),
+        Binding("w", "workflow", "Workflow"),
+        Binding("e", "element", "Element"),
+        Binding("c", "component", "PC"),
+        Binding("plus,equals_sign", "gmm_k(1)", "k+", key_display="+"),
+        Binding("minus", "gmm_k(-1)", "k−", key_display="−"),
+        Binding("right_square_bracket", "min_size(1)", "size+", key_display="]"),
+        Binding("left_square_bracket", "min_size(-1)", "size−", key_display="["),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, connect: str | None = None, *, feed: bool = True, stale_after_s: float = 3.0) -> None:
+        super().__init__()
+        self.connect = connect
+        self.use_feed = feed
+        self.stale_after_s = stale_after_s
+        self.state = DashboardState()
+        self.view = "live"
+        self._stop = threading.Event()
+        self._feed: Any = None
+        self._debounce: Any = None
+        self._pending_what: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="◆")
+        yield Static("", id="banner", markup=False)
+        with ContentSwitcher(initial="live", id="views"):
+            yield LiveView(id="live")
+            yield ResultsView(id="results")
+            with Container(id="service"):
+                yield ServiceView()
+        yield Static("", id="control", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_connection()
+        self._show_control()
+        if self.use_feed:
+            self._run_feed()
+
+    # ------------------------------------------------------------------ feed thread
+
+    @work(thread=True, exclusive=True, group="feed", exit_on_error=False)
+    def _run_feed(self) -> None:
+        from edxlive.clients.feed import Feed
+
+        feed = Feed(self.connect, stale_after_s=self.stale_after_s)
+        self._feed = feed
+        self.call_from_thread(self._set_endpoint, feed.control)
+        try:
+            while not self._stop.is_set():
+                items = feed.poll(200)
+                if items:
+                    self.post_message(FeedItems(items))
+        finally:
+            feed.close()
+
+    def _set_endpoint(self, endpoint: str) -> None:
+        self.sub_title = endpoint
+        if not self.state.connected:
+            self.state.connection_detail = f"connecting to {endpoint}…"
+            self._show_connection()
+
+    def on_feed_items(self, event: FeedItems) -> None:
+        self.apply_items(event.items)
+
+    def apply_items(self, items: list[Any]) -> None:
+        """Apply a batch of feed items and redraw what changed (also used by tests and screenshots)."""
+        changed: set[str] = set()
+        for item in items:
+            changed |= self.state.apply(item)
+        self._redraw(changed)
+
+    def _redraw(self, changed: set[str]) -> None:
+        st = self.state
+        live = self.query_one(LiveView)
+        if "connection" in changed:
+            self._show_connection()
+            self.query_one(ServiceView).update_status(st)
+        if changed & {"scan", "status"}:
+            live.update_scan(st)
+        if "status" in changed:
+            self.query_one(ServiceView).update_status(st)
+        if changed & {"progress", "scan"}:
+            live.update_progress(st)
+        if "live" in changed:
+            live.update_live(st)
+        if "result" in changed:
+            self.query_one(ResultsView).update_result(st)
+        if changed & {"control", "connection"}:
+            self._show_control()
+
+    def _show_connection(self) -> None:
+        banner = self.query_one("#banner", Static)
+        st = self.state
+        if st.connected:
+            banner.display = False
+            return
+        word = "DISCONNECTED" if st.daemon_uid else "CONNECTING"
+        banner.update(f"{word}: {st.connection_detail}")
+        banner.set_class(st.daemon_uid is not None, "down")
+        banner.display = True
+
+    def _show_control(self) -> None:
+        c = self.state.control
+        k = "auto" if c.gmm_k is None else str(c.gmm_k)
+        size = "auto" if c.min_cluster_size is None else str(c.min_cluster_size)
+        status = ("sending…" if c.in_flight else
+                  f"waiting for revision {c.pending_revision}…" if c.pending_revision is not None else c.message)
+        self.query_one("#control", Static).update(f"GMM k {k} (+/−) · min_cluster_size {size} ([/])"
+                                                  + (f" · {status}" if status else ""))
+
+    # ------------------------------------------------------------------ actions
+
+    def action_view(self, name: str) -> None:
+        self.view = name
+        self.query_one("#views", ContentSwitcher).current = name
+
+    def action_workflow(self) -> None:
+        self.query_one(ResultsView).select_next_workflow(self.state)
+        if self.view != "results":
+            self.action_view("results")
+
+    def action_element(self) -> None:
+        self.query_one(LiveView).next_element(self.state)
+
+    def action_component(self) -> None:
+        self.query_one(LiveView).next_component(self.state)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.BINDINGS))
+
+    def action_gmm_k(self, step: int) -> None:
+        c = self.state.control
+        current = c.gmm_k if c.gmm_k is not None else self.state.result_param("pca_gmm", "k", 3)
+        c.gmm_k = max(1, min(20, int(current) + step))
+        self._schedule("gmm_k")
+
+    def action_min_size(self, step: int) -> None:
+        c = self.state.control
+        current = c.min_cluster_size if c.min_cluster_size is not None else \
+            self.state.result_param("umap_hdbscan", "min_cluster_size", 10)
+        size = int(current)
+        # Steps of about 10 % so a few presses reach a useful range at any scale.
+        c.min_cluster_size = max(2, size + step * max(1, size // 10))
+        self._schedule("min_cluster_size")
+
+    def _schedule(self, what: str) -> None:
+        c = self.state.control
+        c.message = "sending shortly…"
+        self._show_control()
+        self._pending_what = what
+        if self._debounce is not None:
+            self._debounce.stop()
+        self._debounce = self.set_timer(DEBOUNCE_S, self._send_pending)
+
+    def _send_pending(self) -> None:
+        what, self._pending_what = self._pending_what, None
+        if what is None:
+            return
+        if not self.use_feed:
+            self.state.control.message = "not connected to a daemon"
+            self._show_control()
+            return
+        self.state.control.in_flight = True
+        self._show_control()
+        self._request("reanalyze", self.state.reanalyze_params(what))
+
+    @work(thread=True, group="control", exit_on_error=False)
+    def _request(self, kind: str, params: dict[str, Any]) -> None:
+        from edxlive.clients.feed import Feed
+
+        # Its own short-lived Feed object: requests use their own socket, never the feed thread's.
+        feed = self._feed or Feed(self.connect)
+        try:
+            reply = feed.request(kind, params, timeout_s=5.0)
+        except (TimeoutError, ConnectionError) as exc:
+            self.post_message(ReplyArrived(False, str(exc), None))
+            return
+        revision = reply.result.get("revision") if reply.ok else None
+        text = f"accepted: revision {revision}" if reply.ok else f"refused: {reply.error}"
+        self.post_message(ReplyArrived(reply.ok, text, revision))
+
+    def on_reply_arrived(self, event: ReplyArrived) -> None:
+        c = self.state.control
+        c.in_flight = False
+        c.message = event.text
+        if event.ok and isinstance(event.revision, int):
+            have = self.state.result.revision if self.state.result is not None else -1
+            c.pending_revision = event.revision if event.revision > have else None
+        self._show_control()
+
+    async def action_quit(self) -> None:
+        self._stop.set()
+        self.exit(0)
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+
+def run_dashboard(connect: str | None) -> int:
+    """Run the dashboard in this terminal until the user quits; returns the exit status."""
+    if not sys.stdout.isatty():
+        print("edxlive: error: the dashboard needs a terminal; use `edxlive tail` for scripts", file=sys.stderr)
+        return 2
+    from edxlive.clients.dashboard.maps import GRAPHICS, detect_graphics
+
+    GRAPHICS["enabled"] = detect_graphics()
+    result = Dashboard(connect).run()
+    return 0 if result is None else int(result)
+
+
+__all__ = ["Dashboard", "run_dashboard"]
