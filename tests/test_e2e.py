@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import hyperspy.api as hs
+import numpy as np
 import pytest
 
 from edxlive.service import hsio

@@ -1,0 +1,118 @@
+"""Binned accumulation is exact and independent of chunking (the LiberTEM rule), on real files."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edxlive.clients.sources import ScanSource, SparseFrame, load_source, thin
+from edxlive.service import hsio
+from edxlive.service.pipeline.accumulate import Accumulator, offline_bin
+
+# Real files with their per-frame replay, and files whose counts are split by binomial thinning.
+FILES = [
+    ("bruker/test_TEM.bcf", 3),
+    ("velox/EMDReader_SpectrumImage_Si.emd", None),  # the Talos file: 5 real frames
+    ("velox/Test_SI_16x16_215kx.emd", None),  # 2 real frames
+    ("bruker/30x30_instructively_packed_16bit_compressed.bcf", 4),  # 30 px: ×4 leaves a partial edge bin
+]
+
+
+@functools.cache
+def _source(path: str, frames: int | None) -> ScanSource:
+    return load_source(path, frames=frames, seed=1)
+
+
+def _feed(acc: Accumulator, frame: int, f: SparseFrame, bounds: list[int], channels: int, dense: bool) -> None:
+    for first, stop in itertools.pairwise(bounds):
+        if dense:
+            acc.add_dense(frame, first, f.dense(first, stop, channels))
+        else:
+            offsets, chans = f.events(first, stop)
+            acc.add_events(frame, first, stop - first, offsets, chans)
+
+
+def _random_bounds(n_pixels: int, rng: np.random.Generator) -> list[int]:
+    cuts = np.sort(rng.choice(np.arange(1, n_pixels), size=min(7, n_pixels - 1), replace=False))
+    return [0, *cuts.tolist(), n_pixels]
+
+
+@pytest.mark.parametrize(("name", "frames"), FILES, ids=[f[0] for f in FILES])
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_chunking_invariance(shared_data: Path, name: str, frames: int | None, factor: int) -> None:
+    src = _source(str(shared_data / name), frames)
+    meta = src.meta
+    n_pixels = meta.shape[0] * meta.shape[1]
+    expected = offline_bin(src.total_counts(), factor)
+    rng = np.random.default_rng(0)
+    for dense in (False, True):
+        acc = Accumulator(meta.shape, meta.channels, factor, meta.frames)
+        for i, frame in src.iter_frames():
+            _feed(acc, i, frame, _random_bounds(n_pixels, rng), meta.channels, dense)
+        np.testing.assert_array_equal(acc.binned_cube(), expected)
+        assert acc.incomplete_fraction() == 0.0
+        assert acc.events == int(expected.sum())
+
+
+def test_over_16_bit_counts(shared_data: Path) -> None:
+    """Counts above 65 535 per channel (uint32 in the file) come through exactly, in dense chunks."""
+    src = _source(str(shared_data / "bruker" / "over16bit.bcf"), 2)
+    meta = src.meta
+    acc = Accumulator(meta.shape, meta.channels, 2, meta.frames, dtype=np.uint16)
+    for i, frame in src.iter_frames():
+        _feed(acc, i, frame, [0, 5, meta.shape[0] * meta.shape[1]], meta.channels, dense=True)
+    expected = offline_bin(src.total_counts(), 2)
+    assert expected.max() > 65_535
+    np.testing.assert_array_equal(acc.binned_cube(), expected)
+
+
+def test_real_frames_sum_to_the_file(shared_data: Path) -> None:
+    """Per-frame replay of the Talos file adds up to HyperSpy's own frame sum."""
+    path = shared_data / "velox" / "EMDReader_SpectrumImage_Si.emd"
+    src = load_source(str(path))
+    assert src.real_frames and len(src.frames) == 5
+    summed = hsio.load_eds(path)
+    np.testing.assert_array_equal(src.total_counts(), np.asarray(summed.data))
+
+
+def test_thinning_is_exact_and_poisson_like() -> None:
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(3.0, size=20_000).astype(np.int64) + 1
+    total = SparseFrame(np.arange(counts.size), np.zeros(counts.size, np.uint16), counts)
+    frames = thin(total, 10, rng)
+    summed = np.zeros(counts.size, np.int64)
+    for f in frames:
+        summed[f.pixel] += f.count
+    np.testing.assert_array_equal(summed, counts)
+    # binomial thinning of Poisson(λ+1) counts: each frame's mean is a tenth of the total
+    means = [f.count.sum() / counts.size for f in frames]
+    assert np.allclose(means, counts.mean() / 10, rtol=0.05)
+
+
+def test_duplicates_are_ignored_and_gaps_counted() -> None:
+    rng = np.random.default_rng(2)
+    cube = rng.poisson(0.5, size=(8, 8, 32))
+    f = SparseFrame.from_dense(cube)
+    acc = Accumulator((8, 8), 32, 2, frames=2)
+    _feed(acc, 0, f, [0, 16, 32, 48, 64], 32, dense=False)
+    _feed(acc, 0, f, [16, 32], 32, dense=False)  # a duplicate chunk
+    _feed(acc, 1, f, [0, 16, 32, 48], 32, dense=False)  # the last chunk of frame 1 is lost
+    expected = offline_bin(cube, 2) + offline_bin(np.concatenate([cube[:6], np.zeros_like(cube[6:])]), 2)
+    np.testing.assert_array_equal(acc.binned_cube(), expected)
+    assert acc.missing_by_frame() == {1: 16}
+    assert acc.incomplete_fraction() == pytest.approx(16 / 128)
+    dose = acc.dose()
+    assert dose[:3].min() == 1.0 and dose[3].max() == 0.5
+
+
+def test_counts_promote_before_overflow() -> None:
+    acc = Accumulator((2, 2), 4, 1, frames=2, dtype=np.uint16)
+    big = np.zeros((4, 4), np.int64)
+    big[0, 0] = 60_000
+    acc.add_dense(0, 0, big)
+    acc.add_dense(1, 0, big)
+    assert acc.binned_cube()[0, 0, 0] == 120_000

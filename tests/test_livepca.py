@@ -1,0 +1,70 @@
+"""The live PCA is exact: at any moment it equals a batch PCA of the same scaled data.
+
+Tolerance: component loadings |cos θ| ≥ 1 − 1e-9 against scikit-learn's PCA for the leading
+components whose eigenvalues are separated (relative gap > 1e-6), and explained-variance ratios
+within 1e-10 absolute. Both come from float64 arithmetic on identical data, so only rounding differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from edxlive.clients.sources import load_source
+from edxlive.service.pipeline.accumulate import Accumulator
+from edxlive.service.pipeline.livepca import LivePCA
+
+K = 6
+
+
+def _stream(src, factor: int, chunk: int) -> tuple[Accumulator, LivePCA, list]:  # type: ignore[no-untyped-def]
+    meta = src.meta
+    acc = Accumulator(meta.shape, meta.channels, factor, meta.frames)
+    live = LivePCA(acc.binned_shape, meta.channels, meta.energy_offset_kev, meta.energy_scale_kev)
+    refreshes = []
+    n = meta.shape[0] * meta.shape[1]
+    for i, frame in src.iter_frames():
+        for first in range(0, n, chunk):
+            stop = min(first + chunk, n)
+            offsets, chans = frame.events(first, stop)
+            delta = acc.add_events(i, first, stop - first, offsets, chans)
+            live.update(delta.bins, delta.channels, delta.counts)
+        refreshes.append(live.refresh(K))  # once per frame, as the daemon does at least
+    return acc, live, refreshes
+
+
+def _assert_matches_batch(live: LivePCA) -> None:
+    comps = live.refresh(K)
+    batch = PCA(n_components=K, svd_solver="full").fit(live.scaled())
+    np.testing.assert_allclose(comps.explained_variance_ratio[:K], batch.explained_variance_ratio_, atol=1e-10)
+    ev = batch.explained_variance_
+    separated = [j for j in range(K - 1) if (ev[j] - ev[j + 1]) / ev[0] > 1e-6]
+    for j in separated:
+        cos = abs(float(comps.components[j] @ batch.components_[j]))
+        assert cos >= 1 - 1e-9, f"component {j}: |cos| = {cos}"
+
+
+def test_live_equals_batch_on_real_data(shared_data: Path) -> None:
+    src = load_source(str(shared_data / "bruker" / "test_TEM.bcf"), frames=4, seed=0)
+    acc, live, refreshes = _stream(src, factor=2, chunk=700)
+    assert len(refreshes) == 4
+    # X is exactly the binned cube, rebinned to the live channels
+    assert live.X.sum() == acc.binned_cube()[..., live.live_of >= 0].sum()
+    _assert_matches_batch(live)
+
+
+def test_live_equals_batch_on_a_multiphase_phantom() -> None:
+    src = load_source("sulfide", frames=3, seed=0)
+    _, live, _ = _stream(src, factor=2, chunk=4096)
+    _assert_matches_batch(live)
+
+
+def test_chunking_does_not_change_the_statistics() -> None:
+    src = load_source("tiny", frames=2, seed=0)
+    _, a, _ = _stream(src, factor=2, chunk=64)
+    _, b, _ = _stream(src, factor=2, chunk=1000)
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_allclose(a.S, b.S, rtol=1e-12)
+    np.testing.assert_allclose(a.S, a.X.T @ a.X, rtol=1e-12)
