@@ -28,6 +28,8 @@ def write_analysis_outputs(folder: Path, result: AnalysisResult) -> list[Path]:
     for name, wf in result.workflows.items():
         paths.append(storage.save_array(folder / f"labels_{name}.npy", wf.labels.astype(np.int16)))
         paths.append(storage.save_array(folder / f"mean_spectra_{name}.npy", wf.mean_spectra.astype(np.float32)))
+        if wf.memberships is not None:
+            paths.append(storage.save_array(folder / f"memberships_{name}.npy", wf.memberships))
         paths.append(write_cluster_png(folder / f"clusters_{name}.png", wf, result))
         paths.append(write_mean_spectra(folder / f"mean_spectra_{name}.hspy", wf, result))
     paths.append(write_quantification_csv(folder / "quantification.csv", result))

@@ -58,6 +58,11 @@ class Context:
             out.append(ClusterResult(k, float(size), float(size) / n_obs, cpp, comp, entropy, role))
         return out
 
+    def membership_map(self, memberships: np.ndarray) -> np.ndarray:
+        full = np.zeros((self.flat.shape[0], memberships.shape[1]), dtype=np.float32)
+        full[self.observed] = memberships
+        return full.reshape(*self.map_shape, memberships.shape[1])
+
     def label_map(self, labels_observed: np.ndarray) -> np.ndarray:
         full = np.full(self.flat.shape[0], -1, dtype=np.int16)
         full[self.observed] = labels_observed
@@ -133,7 +138,8 @@ def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:
     extras = {"scree": [round(float(v), 6) for v in pca.scree], "bic": {str(k): v for k, v in g.bic.items()},
               "suggested_k": g.suggested_k}
     return WorkflowResult("pca_gmm", ctx.label_map(g.labels), sums, clusters, params,
-                          {"pca": pca_seconds, "gmm": t1 - t0, "quantify": t2 - t1}, 0.0, extras)
+                          {"pca": pca_seconds, "gmm": t1 - t0, "quantify": t2 - t1}, 0.0, extras,
+                          ctx.membership_map(g.memberships))
 
 
 def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> WorkflowResult:

@@ -67,10 +67,12 @@ class WorkflowResult:
     durations_s: dict[str, float]
     noise_fraction: float
     extras: dict[str, Any] = field(default_factory=dict)
+    memberships: np.ndarray | None = None  # (ny_b, nx_b, k) soft memberships (GMM); 0 where unobserved
 
     def to_json(self) -> dict[str, Any]:
+        soft = {"memberships": f"memberships_{self.name}.npy"} if self.memberships is not None else {}
         return {
-            "labels": f"labels_{self.name}.npy", "params": self.params,
+            "labels": f"labels_{self.name}.npy", **soft, "params": self.params,
             "durations_s": {k: round(v, 3) for k, v in self.durations_s.items()},
             "noise_fraction": self.noise_fraction, "n_clusters": len(self.clusters),
             "clusters": [c.to_json() for c in self.clusters], **self.extras,

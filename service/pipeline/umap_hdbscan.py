@@ -13,6 +13,7 @@ cluster means and their fraction is reported.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,10 @@ def embed(X: np.ndarray, random_state: int | None = 0, n_epochs: int | None = No
     reducer = umap.UMAP(n_components=4, n_neighbors=min(N_NEIGHBORS, len(X) - 1), min_dist=0.0, metric="euclidean",
                         random_state=random_state, n_epochs=n_epochs,
                         n_jobs=1 if random_state is not None else -1, **kwargs)
-    return reducer.fit_transform(X)
+    with warnings.catch_warnings():
+        # with a precomputed graph UMAP warns that .transform() of new data is unavailable; we never call it
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        return reducer.fit_transform(X)
 
 
 def cluster(embedding: np.ndarray, min_cluster_size: int) -> np.ndarray:
