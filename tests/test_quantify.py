@@ -128,3 +128,21 @@ def test_theoretical_kfactors_follow_physics() -> None:
     # heavier K lines need larger k (smaller cross-section per weight): Si < Fe < Cu, as in tabulated sets
     assert 1.0 < kf.values["Fe_Ka"] < kf.values["Cu_Ka"] < 3.0
     assert "theoretical" in kf.source
+
+
+def test_cliff_lorimer_agrees_with_exspy() -> None:
+    """Our Cliff–Lorimer (which adds the σ propagation) gives exspy's numbers for the same input."""
+    from exspy._misc.eds.utils import quantification_cliff_lorimer
+    from exspy.material import weight_to_atomic
+
+    from edxlive.service.pipeline.quantify import cliff_lorimer
+
+    elements = ["S", "Fe", "Cu", "Ag"]
+    intensity = np.array([5200.0, 1800.0, 2100.0, 900.0])
+    k = np.array([1.02, 1.35, 1.60, 2.9])
+    weights = np.array([xray.atomic_weight(el) for el in elements])
+    wt, _, at, _ = cliff_lorimer(intensity, np.diag(intensity), k, weights)
+    ref_wt = quantification_cliff_lorimer(intensity[:, None], list(k))[:, 0]
+    np.testing.assert_allclose(wt, ref_wt, rtol=1e-10)
+    ref_at = weight_to_atomic(list(100 * ref_wt), elements)
+    np.testing.assert_allclose(100 * at, ref_at, rtol=1e-6)
