@@ -68,7 +68,7 @@ Workflow = Literal["pca_gmm", "umap_hdbscan"]
 
 class AnalysisConfig(_Section):
     workflows: list[Workflow] = Field(default_factory=lambda: ["pca_gmm", "umap_hdbscan"])
-    scaling: Literal["poisson", "robust"] = "poisson"
+    scaling: Literal["poisson", "robust"] = "robust"  # measured: docs/analysis.md
     gmm_k: int | None = Field(default=None, ge=1, le=32)
     gmm_k_max: int = Field(default=8, ge=2, le=32)
     min_cluster_size: int | None = Field(default=None, ge=2)

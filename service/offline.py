@@ -94,7 +94,7 @@ def _spectrum_image(sig: Any, path: Path, out: Path | None, elements: list[str],
     meta = meta_from_signal(sig, _scan_id(path), binning=binning)
     meta.source_file = str(path)
     cube = offline_bin(cube_of(sig), binning)
-    params = AnalysisParams(workflows=WORKFLOW_CHOICES[workflow], scaling=scaling or "poisson", gmm_k=gmm_k,
+    params = AnalysisParams(workflows=WORKFLOW_CHOICES[workflow], scaling=scaling or "robust", gmm_k=gmm_k,
                             min_cluster_size=mcs, random_state=seed, elements=elements, kfactors=kfactors,
                             anions=anions, faithful=workflow == "faithful")
     with _Progress(quiet) as progress:

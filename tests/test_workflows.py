@@ -66,14 +66,15 @@ def test_workflow_outputs_are_complete() -> None:
 
 
 def test_thickness_split_is_reported_as_one_phase() -> None:
-    """A core-shell look-alike: one composition in spheres thinning to the edge, GMM forced to k=2."""
-    result, _ = _analysed("coreshell", gmm_k=2)
+    """A core-shell look-alike: one composition in spheres thinning to the edge. With k=4 the GMM
+    splits the film off and the particles by thickness; the verdict must call them one phase."""
+    result, _ = _analysed("coreshell", gmm_k=4)
     assert result.verdict["follow_up"] is False
     assert any("thickness" in r for r in result.verdict["reasons"])
 
 
 def test_tiny_two_phases() -> None:
-    result, truth = _analysed("tiny")
+    result, truth = _analysed("tiny", gmm_k=3)  # film + 2 phases; BIC on 256 binned pixels suggests 2
     assert result.verdict["follow_up"] is True
     _, err = _closest(_phases(result), truth[1])
     assert err < 3.0

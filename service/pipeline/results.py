@@ -18,7 +18,7 @@ WORKFLOWS = ("pca_gmm", "umap_hdbscan")
 @dataclass
 class AnalysisParams:
     workflows: list[str] = field(default_factory=lambda: list(WORKFLOWS))
-    scaling: str = "poisson"
+    scaling: str = "robust"  # the better at low counts, measured in benchmarks/bench_scaling.py
     gmm_k: int | None = None
     gmm_k_max: int = 8
     min_cluster_size: int | None = None
