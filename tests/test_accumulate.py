@@ -58,6 +58,22 @@ def test_chunking_invariance(shared_data: Path, name: str, frames: int | None, f
         assert acc.events == int(expected.sum())
 
 
+@pytest.mark.parametrize(("name", "frames", "downsample"), [
+    ("hspy/SiO2_EDS_Spectrum_Image.hspy", 5, 1),  # 128x128x2048, split into 5 frames
+    ("jeol/View000_0000006.pts", None, 8),  # 14 real sweeps, replayed frame by frame (downsampled x8)
+])
+def test_no_counts_lost_in_larger_files(shared_data: Path, name: str, frames: int | None, downsample: int) -> None:
+    src = load_source(str(shared_data / name), frames=frames, seed=2, downsample=downsample)
+    meta = src.meta
+    if frames is None:
+        assert src.real_frames and len(src.frames) == 14
+    acc = Accumulator(meta.shape, meta.channels, 2, meta.frames)
+    rng = np.random.default_rng(1)
+    for i, frame in src.iter_frames():
+        _feed(acc, i, frame, _random_bounds(meta.shape[0] * meta.shape[1], rng), meta.channels, dense=False)
+    np.testing.assert_array_equal(acc.binned_cube(), offline_bin(src.total_counts(), 2))
+
+
 def test_over_16_bit_counts(shared_data: Path) -> None:
     """Counts above 65 535 per channel (uint32 in the file) come through exactly, in dense chunks."""
     src = _source(str(shared_data / "bruker" / "over16bit.bcf"), 2)

@@ -7,6 +7,7 @@ localhost ports, the real analysis stack.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import hyperspy.api as hs
@@ -60,3 +61,14 @@ def test_back_to_back_with_faults(shared_data: Path, tmp_path: Path) -> None:
                        what="two result folders")
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "data").rglob("result.json"))]
     assert all(r["incomplete_fraction"] > 0 for r in results)
+
+
+@pytest.mark.slow
+def test_demo_runs_without_a_terminal(tmp_path: Path) -> None:
+    """The README's first command, minus the dashboard (no TTY here): a phantom scan to a result folder."""
+    out = subprocess.run([*procs.CMD, "demo", "--no-dashboard", "--frames", "3", "--scan-seconds", "4",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env=procs.child_env(), check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "results: " in out.stdout
+    assert list(tmp_path.rglob("result.json"))
