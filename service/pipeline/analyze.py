@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edxlive.service.pipeline import xray
-from edxlive.service.pipeline.elements import identify_elements, validate_elements
+from edxlive.service.pipeline.elements import ElementError, identify_elements, unquantifiable, validate_elements
 from edxlive.service.pipeline.entropy import configurational_entropy
 from edxlive.service.pipeline.kfactors import KFactors, resolve_kfactors
 from edxlive.service.pipeline.meta import ScanMeta
@@ -109,9 +109,16 @@ def analyze_cube(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose:
 
 def choose_elements(given: list[str], meta: ScanMeta, total: np.ndarray) -> tuple[list[str], str]:
     if given:
-        return validate_elements(given), "user"
+        elements = validate_elements(given)
+        if bad := unquantifiable(elements, meta):
+            raise ElementError(f"{', '.join(bad)}: no X-ray line between 0.2 keV and the end of the spectrum to "
+                               "quantify; leave it out of --elements")
+        return elements, "user"
     if meta.elements:
-        return validate_elements(meta.elements), "scan metadata"
+        elements = validate_elements(meta.elements)
+        bad = unquantifiable(elements, meta)
+        note = f" ({', '.join(bad)} left out: no line in the fitted range)" if bad else ""
+        return [el for el in elements if el not in bad], "scan metadata" + note
     return identify_elements(total, meta), "identified from the sum spectrum"
 
 

@@ -53,6 +53,28 @@ def validate_elements(names: Iterable[str]) -> list[str]:
     return out
 
 
+def unquantifiable(elements: list[str], meta: ScanMeta) -> list[str]:
+    """Elements none of whose K, L or M main lines lies in the fitted energy range."""
+    from edxlive.service.pipeline.quantify import FIT_RANGE_KEV
+
+    emax = min(FIT_RANGE_KEV[1], xray.energy_max(meta))
+    out = []
+    for el in elements:
+        try:
+            line = xray.quant_line(el, meta.beam_energy_kev, emax)
+        except ValueError:
+            line = None
+        if line not in _families(el, FIT_RANGE_KEV[0], emax):
+            out.append(el)
+    return out
+
+
+def _families(element: str, emin: float, emax: float) -> list[str]:
+    from edxlive.service.pipeline.quantify import _families_in_range
+
+    return _families_in_range([element], emin, emax)
+
+
 def identify_elements(spectrum: np.ndarray, meta: ScanMeta, significance: float = 5.0,
                       max_elements: int = 12) -> list[str]:
     from edxlive.service.pipeline.quantify import estimate_shift
@@ -187,6 +209,8 @@ def _main_line_present(spec: np.ndarray, meta: ScanMeta, elements: list[str], sh
     from edxlive.service.pipeline.quantify import build_model, fit
 
     model = build_model(meta, elements, shift)
+    if model.lines[-1] not in model.families:  # e.g. B Kα at 0.18 keV: below the fitted range
+        return False
     coef, cov = fit(spec, model)
     j = model.families.index(model.lines[-1])
     return bool(coef[j] > 3.0 * np.sqrt(max(cov[j, j], 0.0)))
