@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+FLUSH_ENTRIES = 200_000  # buffered (pixel, channel) entries before the statistics are updated
+
 
 @dataclass
 class LiveComponents:
@@ -51,9 +53,25 @@ class LivePCA:
         n_bins = binned_shape[0] * binned_shape[1]
         self.X = np.zeros((n_bins, self.n_live), dtype=np.float64)
         self.S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
 
     def update(self, bins: np.ndarray, channels: np.ndarray, counts: np.ndarray) -> None:
-        """Add one chunk's counts (binned pixel, full-resolution channel, count) to X and S."""
+        """Add one chunk's counts (binned pixel, full-resolution channel, count).
+
+        Chunks are buffered and applied together (``flush``): the update's fixed cost dominates for
+        one scan line, and the sum of several deltas is one delta, so the result is the same."""
+        self._pending.append((bins, channels, counts))
+        self._pending_n += bins.size
+        if self._pending_n >= FLUSH_ENTRIES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the buffered chunks to X and S."""
+        if not self._pending:
+            return
+        bins, channels, counts = (np.concatenate(parts) for parts in zip(*self._pending, strict=True))
+        self._pending, self._pending_n = [], 0
         live = self.live_of[channels]
         keep = live >= 0
         if not keep.any():
@@ -67,6 +85,7 @@ class LivePCA:
         self.X[rows] = x_old + d.toarray()
 
     def channel_weights(self) -> np.ndarray:
+        self.flush()
         mean = self.X.mean(axis=0)
         return np.where(mean > 0, 1.0 / np.sqrt(np.maximum(mean, 1e-300)), 0.0)
 
@@ -75,6 +94,7 @@ class LivePCA:
         return self.X * self.channel_weights()
 
     def refresh(self, k: int = 8) -> LiveComponents:
+        self.flush()
         n = self.X.shape[0]
         w = self.channel_weights()
         mu = self.X.mean(axis=0) * w
