@@ -33,13 +33,13 @@ class HelpScreen(ModalScreen[None]):
 
     def __init__(self, bindings: Iterable[Binding]) -> None:
         super().__init__()
-        self._bindings = list(bindings)
+        self._help_bindings = list(bindings)
 
     def compose(self) -> ComposeResult:
         table = Table(title="edxlive dashboard keys", box=None, pad_edge=False)
         table.add_column("key", style="bold")
         table.add_column("does")
-        for b in self._bindings:
+        for b in self._help_bindings:
             table.add_row(b.key_display or b.key, EXTRA.get(b.action, b.description))
         with Vertical(id="help-box"):
             yield Static(table)
