@@ -26,6 +26,11 @@ from edxlive.clients.dashboard.state import DashboardState
 
 VIEWS = ("live", "results", "service")
 DEBOUNCE_S = 0.8  # +/- pressed three times sends one request, for the final value
+GMM_K_MAX = 32  # the daemon's config accepts 1..32
+# Grouped so that every binding fits in the footer of an 80-column terminal.
+VIEWS_GROUP = Binding.Group("views", compact=True)
+K_GROUP = Binding.Group("GMM k", compact=True)
+SIZE_GROUP = Binding.Group("min size", compact=True)
 
 
 class FeedItems(Message):
@@ -34,6 +39,14 @@ class FeedItems(Message):
     def __init__(self, items: list[Any]) -> None:
         super().__init__()
         self.items = items
+
+
+class Endpoint(Message):
+    """The control endpoint the feed is trying (it changes when a restarted daemon took new ports)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.endpoint = endpoint
 
 
 class ReplyArrived(Message):
@@ -45,17 +58,20 @@ class ReplyArrived(Message):
 class Dashboard(App[int]):
     CSS_PATH = "dashboard.tcss"
     TITLE = "edxlive"
+    # Every action has a key of its own (listed in the footer and in `?`); the palette would only
+    # take a footer slot that 80 columns cannot spare.
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[Binding]] = [
-        Binding("1", "view('live')", "Live"),
-        Binding("2", "view('results')", "Results"),
-        Binding("3", "view('service')", "Service"),
+        Binding("1", "view('live')", "Live", group=VIEWS_GROUP),
+        Binding("2", "view('results')", "Results", group=VIEWS_GROUP),
+        Binding("3", "view('service')", "Service", group=VIEWS_GROUP),
         Binding("w", "workflow", "Workflow"),
         Binding("e", "element", "Element"),
         Binding("c", "component", "PC"),
-        Binding("plus,equals_sign", "gmm_k(1)", "k+", key_display="+"),
-        Binding("minus", "gmm_k(-1)", "k−", key_display="−"),
-        Binding("right_square_bracket", "min_size(1)", "size+", key_display="]"),
-        Binding("left_square_bracket", "min_size(-1)", "size−", key_display="["),
+        Binding("plus,equals_sign", "gmm_k(1)", "k+", key_display="+", group=K_GROUP),
+        Binding("minus", "gmm_k(-1)", "k−", key_display="-", group=K_GROUP),
+        Binding("right_square_bracket", "min_size(1)", "size+", key_display="]", group=SIZE_GROUP),
+        Binding("left_square_bracket", "min_size(-1)", "size−", key_display="[", group=SIZE_GROUP),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -70,7 +86,7 @@ class Dashboard(App[int]):
         self._stop = threading.Event()
         self._feed: Any = None
         self._debounce: Any = None
-        self._pending_what: str | None = None
+        self._pending = False
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
@@ -81,7 +97,7 @@ class Dashboard(App[int]):
             with Container(id="service"):
                 yield ServiceView()
         yield Static("", id="control", markup=False)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._show_connection()
@@ -97,19 +113,23 @@ class Dashboard(App[int]):
 
         feed = Feed(self.connect, stale_after_s=self.stale_after_s)
         self._feed = feed
-        self.call_from_thread(self._set_endpoint, feed.control)
+        endpoint = ""
         try:
             while not self._stop.is_set():
+                if feed.control != endpoint:  # post_message is thread-safe; call_from_thread could block at exit
+                    endpoint = feed.control
+                    self.post_message(Endpoint(endpoint))
                 items = feed.poll(200)
                 if items:
                     self.post_message(FeedItems(items))
         finally:
+            self._feed = None
             feed.close()
 
-    def _set_endpoint(self, endpoint: str) -> None:
-        self.sub_title = endpoint
-        if not self.state.connected:
-            self.state.connection_detail = f"connecting to {endpoint}…"
+    def on_endpoint(self, event: Endpoint) -> None:
+        self.sub_title = event.endpoint
+        if not self.state.connected and self.state.daemon_uid is None:
+            self.state.connection_detail = f"connecting to {event.endpoint}…"
             self._show_connection()
 
     def on_feed_items(self, event: FeedItems) -> None:
@@ -128,7 +148,7 @@ class Dashboard(App[int]):
         if "connection" in changed:
             self._show_connection()
             self.query_one(ServiceView).update_status(st)
-        if changed & {"scan", "status"}:
+        if changed & {"scan", "status", "connection"}:
             live.update_scan(st)
         if "status" in changed:
             self.query_one(ServiceView).update_status(st)
@@ -184,8 +204,8 @@ class Dashboard(App[int]):
     def action_gmm_k(self, step: int) -> None:
         c = self.state.control
         current = c.gmm_k if c.gmm_k is not None else self.state.result_param("pca_gmm", "k", 3)
-        c.gmm_k = max(1, min(20, int(current) + step))
-        self._schedule("gmm_k")
+        self.state.ask("gmm_k", max(1, min(GMM_K_MAX, int(current) + step)))
+        self._schedule()
 
     def action_min_size(self, step: int) -> None:
         c = self.state.control
@@ -193,41 +213,48 @@ class Dashboard(App[int]):
             self.state.result_param("umap_hdbscan", "min_cluster_size", 10)
         size = int(current)
         # Steps of about 10 % so a few presses reach a useful range at any scale.
-        c.min_cluster_size = max(2, size + step * max(1, size // 10))
-        self._schedule("min_cluster_size")
+        self.state.ask("min_cluster_size", max(2, size + step * max(1, size // 10)))
+        self._schedule()
 
-    def _schedule(self, what: str) -> None:
+    def _schedule(self) -> None:
         c = self.state.control
         c.message = "sending shortly…"
         self._show_control()
-        self._pending_what = what
+        self._pending = True
         if self._debounce is not None:
             self._debounce.stop()
         self._debounce = self.set_timer(DEBOUNCE_S, self._send_pending)
 
     def _send_pending(self) -> None:
-        what, self._pending_what = self._pending_what, None
-        if what is None:
+        if not self._pending:
             return
+        self._pending = False
         if not self.use_feed:
             self.state.control.message = "not connected to a daemon"
             self._show_control()
             return
         self.state.control.in_flight = True
         self._show_control()
-        self._request("reanalyze", self.state.reanalyze_params(what))
+        self._request("reanalyze", self.state.reanalyze_params())
 
     @work(thread=True, group="control", exit_on_error=False)
     def _request(self, kind: str, params: dict[str, Any]) -> None:
         from edxlive.clients.feed import Feed
 
-        # Its own short-lived Feed object: requests use their own socket, never the feed thread's.
-        feed = self._feed or Feed(self.connect)
+        # Requests go on a socket of their own, never the feed thread's; while the feed thread is
+        # down (between attempts) a short-lived Feed object supplies the endpoint and context.
+        feed = self._feed
+        own = feed is None
+        if own:
+            feed = Feed(self.connect)
         try:
             reply = feed.request(kind, params, timeout_s=5.0)
         except (TimeoutError, ConnectionError) as exc:
             self.post_message(ReplyArrived(False, str(exc), None))
             return
+        finally:
+            if own:
+                feed.close()
         revision = reply.result.get("revision") if reply.ok else None
         text = f"accepted: revision {revision}" if reply.ok else f"refused: {reply.error}"
         self.post_message(ReplyArrived(reply.ok, text, revision))

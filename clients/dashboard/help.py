@@ -8,7 +8,7 @@ from typing import ClassVar
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -26,6 +26,17 @@ EXTRA = {
     "help": "this help",
     "quit": "quit the dashboard",
 }
+CONNECTION = ("The feed reconnects by itself: a red DISCONNECTED line shows while the daemon is "
+              "silent, and goes when it is back (also after a restart on new ports).")
+
+
+def key_table(bindings: Iterable[Binding]) -> Table:
+    table = Table(title="edxlive dashboard keys", box=None, pad_edge=False, expand=True)
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("does", ratio=1)
+    for b in bindings:
+        table.add_row(b.key_display or b.key, EXTRA.get(b.action, b.description))
+    return table
 
 
 class HelpScreen(ModalScreen[None]):
@@ -36,11 +47,9 @@ class HelpScreen(ModalScreen[None]):
         self._help_bindings = list(bindings)
 
     def compose(self) -> ComposeResult:
-        table = Table(title="edxlive dashboard keys", box=None, pad_edge=False)
-        table.add_column("key", style="bold")
-        table.add_column("does")
-        for b in self._help_bindings:
-            table.add_row(b.key_display or b.key, EXTRA.get(b.action, b.description))
-        with Vertical(id="help-box"):
-            yield Static(table)
+        # A fixed width (at most the screen's): an auto-width box around a rich Table shrinks it
+        # to its narrowest layout.
+        with VerticalScroll(id="help-box"):
+            yield Static(key_table(self._help_bindings))
+            yield Static(CONNECTION, id="help-connection")
             yield Static("Esc or ? closes", id="help-close")

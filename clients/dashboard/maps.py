@@ -8,23 +8,32 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
-from edxlive.clients.dashboard.halfblock import HalfBlockImage
+from edxlive.clients.dashboard.halfblock import HalfBlockImage, fit
 from edxlive.clients.dashboard.palette import NOISE_COLOUR, cluster_colour, hex_rgb, normalise, ramp
 
 # Set by run_dashboard before the app starts (the terminal can only be queried then): True when
 # textual-image found Sixel or the Kitty graphics protocol.
 GRAPHICS = {"enabled": False}
+GRAPHICS_MIN_SIDE = 512  # pixels: enough for a sharp map in any cell size
 
 
 def detect_graphics() -> bool:
-    """Ask the terminal (before Textual owns it) whether it speaks Sixel or TGP."""
+    """Ask the terminal (before Textual owns it) whether it speaks Sixel or the Kitty graphics protocol."""
     try:
         from textual_image import renderable
+        from textual_image import widget as _widget  # noqa: F401  (measures the cell size while it still can)
         from textual_image.renderable.halfcell import Image as Halfcell
         from textual_image.renderable.unicode import Image as Unicode
-    except Exception:
+    except Exception:  # no textual-image, or a terminal that answers nonsense: half blocks it is
         return False
     return renderable.Image not in (Halfcell, Unicode)
+
+
+def upscale(rgb: np.ndarray, min_side: int = GRAPHICS_MIN_SIDE) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor, so that the terminal's own smooth scaling
+    cannot blend neighbouring cluster colours into colours of no cluster."""
+    factor = max(1, -(-min_side // max(rgb.shape[:2])))
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
 def count_rgb(image: np.ndarray) -> np.ndarray:
@@ -42,17 +51,20 @@ def label_rgb(labels: np.ndarray, colours: dict[int, int] | None = None) -> np.n
 
 
 class MapView(Vertical):
-    """A title line over an image that fills the rest of the panel."""
+    """A title line over an image that fills the rest of the panel, square pixels, centred."""
 
     DEFAULT_CSS = """
-    MapView { height: 1fr; width: 1fr; }
+    MapView { height: 1fr; width: 1fr; align-horizontal: center; }
     MapView > .map-title { height: 1; width: 1fr; text-style: bold; }
-    MapView > .map-image { height: 1fr; width: 1fr; }
+    MapView > HalfBlockImage { height: 1fr; width: 1fr; }
     """
 
-    def __init__(self, title: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, title: str = "", *, crisp: bool = False, id: str | None = None,
+                 classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._title = title
+        self.crisp = crisp  # a label map (see halfblock.resample)
+        self._rgb: np.ndarray | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._title, classes="map-title", markup=False)
@@ -63,16 +75,32 @@ class MapView(Vertical):
             from textual_image.widget import Image
 
             return Image(classes="map-image")
-        return HalfBlockImage(classes="map-image")
+        return HalfBlockImage(crisp=self.crisp, classes="map-image")
 
     def set_title(self, title: str) -> None:
         self.query_one(".map-title", Static).update(title)
 
     def set_rgb(self, rgb: np.ndarray | None) -> None:
+        self._rgb = rgb
         image = self.query_one(".map-image")
         if isinstance(image, HalfBlockImage):
             image.set_rgb(rgb)
-            return
+        else:
+            self._show_graphics(image)
+
+    def on_resize(self) -> None:
+        image = self.query_one(".map-image")
+        if not isinstance(image, HalfBlockImage):
+            self._show_graphics(image)
+
+    def _show_graphics(self, image: Widget) -> None:
+        """textual-image fills whatever box it is given, so the box gets the map's aspect: the same
+        cells the half blocks would take (cells about twice as tall as wide)."""
         from PIL import Image as PILImage
 
-        image.image = None if rgb is None else PILImage.fromarray(rgb, "RGB")  # type: ignore[attr-defined]
+        if self._rgb is None:
+            image.image = None  # type: ignore[attr-defined]
+            return
+        width, height = fit(self._rgb.shape[:2], self.size.width, max(self.size.height - 1, 0))
+        image.styles.width, image.styles.height = max(width, 1), max(height, 1)
+        image.image = PILImage.fromarray(upscale(self._rgb), "RGB")  # type: ignore[attr-defined]

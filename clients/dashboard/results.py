@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.color import Color
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
@@ -59,11 +60,13 @@ class ResultsView(VerticalScroll):
         with Horizontal(id="cluster-maps"):
             for wf in WORKFLOWS:
                 with Vertical(classes="cluster-panel", id=f"panel-{wf}"):
-                    yield MapView(SHORT[wf], id=f"map-{wf}")
+                    yield MapView(SHORT[wf], crisp=True, id=f"map-{wf}")
                     yield Static("", id=f"legend-{wf}", classes="legend")
         with Horizontal(id="result-bottom"):
-            yield DataTable(id="quant", zebra_stripes=True, cursor_type="row")
-            yield Static("", id="verdict")
+            # No cursor: a highlighted row would hide the colour swatch that ties it to the maps.
+            yield DataTable(id="quant", zebra_stripes=True, cursor_type="none")
+            with VerticalScroll(id="verdict-box"):
+                yield Static("", id="verdict")
         yield PlotextPlot(id="spectra")
 
     def select_next_workflow(self, st: DashboardState) -> None:
@@ -110,11 +113,8 @@ class ResultsView(VerticalScroll):
         for c in clusters:
             cid = int(c["id"])
             comp: dict[str, Any] = c.get("composition_at_pct") or {}
-            name = Text("██", style=cluster_colour(colours.get(cid, cid))) + Text(f" {cid}")
-            if c.get("vacuum"):
-                name.append(" vacuum")
-            elif c.get("role") == "support":
-                name.append(" support")
+            role = " vacuum" if c.get("vacuum") else (" support" if c.get("role") == "support" else "")
+            name = Text.assemble(("██", cluster_colour(colours.get(cid, cid))), f" {cid}{role}")
             cells = [pm(*comp[el]) if el in comp else "–" for el in elements]
             entropy = c.get("config_entropy_R") or {}
             s = entropy.get("per_cation_site")
@@ -154,11 +154,14 @@ class ResultsView(VerticalScroll):
             top = max(top, float(y.max()))
             plt.plot(energy.tolist(), y.tolist(), color=hex_rgb(cluster_colour(colours.get(cid, cid))),
                      marker="braille", label=str(cid))
+        # plotext gives text a white background unless told; the plot's own background is the
+        # theme's surface colour (textual-plotext's "auto" theme).
+        surface = Color.parse(self.app.theme_variables.get("surface", "#1e1e1e")).rgb
         for el in _elements(clusters):
             line = marker_line(el, float(energy[-1]))
             if line is not None:
                 plt.vertical_line(line[1], color="gray")
-                plt.text(line[0].split()[0], line[1], top, color="white")
+                plt.text(el, line[1], top, color="gray", background=surface, alignment="center")
         plt.xlabel("keV")
         plot.refresh()
 

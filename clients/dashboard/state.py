@@ -28,6 +28,9 @@ class Control:
     pending_revision: int | None = None  # a reanalysis the daemon accepted and has not published yet
     in_flight: bool = False  # a request is on its way
     message: str = ""
+    # Every knob the user has set, sent with each reanalysis: the daemon starts from its config for
+    # anything not given, so sending only the knob just changed would undo the user's other choice.
+    asked: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,6 +39,7 @@ class DashboardState:
     daemon_uid: str | None = None
     connection_detail: str = "connecting…"
     status: p.ServiceStatus | None = None
+    rates: dict[str, float] = field(default_factory=dict)  # per second, between the last two statuses
     started: p.ScanStarted | None = None
     progress: p.ScanProgress | None = None
     count_map: np.ndarray | None = None
@@ -75,11 +79,15 @@ class DashboardState:
             self.status = None
         self.daemon_uid = uid or self.daemon_uid
         if not self.connected:
+            # A daemon that went away will never publish the revision it accepted.
             self.control.in_flight = False
-        return {"connection"}
+            self.control.pending_revision = None
+        return {"connection", "control"}
 
     def _on_status(self, msg: p.Message) -> set[str]:
-        self.status = msg.header  # type: ignore[assignment]
+        new: p.ServiceStatus = msg.header  # type: ignore[assignment]
+        self.rates = _rates(self.status, new)
+        self.status = new
         return {"status"}
 
     def _on_started(self, msg: p.Message) -> set[str]:
@@ -106,8 +114,11 @@ class DashboardState:
     def _on_result(self, msg: p.Message) -> set[str]:
         h: p.ScanResult = msg.header  # type: ignore[assignment]
         old = self.result
-        if old is not None and old.scan_id == h.scan_id and h.revision < old.revision:
+        same_run = old is not None and old.scan_id == h.scan_id and old.source == h.source
+        if same_run and h.revision < old.revision:  # type: ignore[union-attr]
             return set()  # an older revision arriving late (snapshot replay): keep the newer one
+        if old is None or old.scan_id != h.scan_id:
+            self.control.asked = {}  # choices made for another scan do not carry over
         self.result = h
         self.labels = {k.split("/", 1)[1]: v for k, v in msg.arrays.items() if k.startswith("labels/")}
         self.spectra = {k.split("/", 1)[1]: v for k, v in msg.arrays.items() if k.startswith("spectra/")}
@@ -172,10 +183,28 @@ class DashboardState:
         off, scale = (r.energy_offset_kev, r.energy_scale_kev) if r is not None else (0.0, 0.01)
         return off + scale * np.arange(channels)
 
-    def reanalyze_params(self, what: str) -> dict[str, Any]:
-        if what == "gmm_k":
-            return {"gmm_k": self.control.gmm_k}
-        return {"min_cluster_size": self.control.min_cluster_size}
+    def ask(self, knob: str, value: int) -> None:
+        """Record a value the user chose for ``gmm_k`` or ``min_cluster_size``."""
+        setattr(self.control, knob, value)
+        self.control.asked[knob] = value
+
+    def reanalyze_params(self) -> dict[str, Any]:
+        """The ``reanalyze`` request: the scan on screen (not whichever the daemon finished last)
+        and every knob the user has set."""
+        params: dict[str, Any] = dict(self.control.asked)
+        if self.result is not None and self.result.scan_id:
+            params["scan_id"] = self.result.scan_id
+        return params
+
+
+def _rates(old: p.ServiceStatus | None, new: p.ServiceStatus) -> dict[str, float]:
+    """Counter rates from two statuses of the same daemon, timed by its own uptime clock."""
+    if old is None or old.source != new.source:
+        return {}
+    dt = new.uptime_s - old.uptime_s
+    if dt <= 0:
+        return {}
+    return {k: (v - old.counters[k]) / dt for k, v in new.counters.items() if k in old.counters}
 
 
 _HANDLERS = {
