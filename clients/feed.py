@@ -18,6 +18,9 @@ means it is gone: the feed says ``disconnected`` and keeps retrying, re-reading 
 no endpoint was given (a restarted daemon may have new ephemeral ports).
 
 Everything is non-blocking and driven by ``poll()``, so a Textual app can call it from a timer.
+With CURVE, every socket of the feed is a CURVE client with the keys given, or else those in the
+configuration (``security.client_secret_key`` and ``security.server_public_key``, see
+clients/curve.py). A daemon that refuses the key simply never answers: the feed keeps retrying.
 This module imports from the service only ``protocol`` and ``config`` (import-linter contract).
 """
 
@@ -34,6 +37,7 @@ from typing import Any, Literal
 
 import zmq
 
+from edxlive.clients.curve import ClientKeys, keys_from_config
 from edxlive.service import protocol as p
 
 log = logging.getLogger("edxlive.feed")
@@ -78,8 +82,9 @@ class Feed:
     """Snapshot + updates from one daemon, robust to late attach, restarts and silence."""
 
     def __init__(self, control: str | None = None, *, context: zmq.Context | None = None,
-                 stale_after_s: float = 3.0) -> None:
+                 stale_after_s: float = 3.0, curve: ClientKeys | None = None) -> None:
         self._explicit = control
+        self.curve = curve if curve is not None else keys_from_config("client")
         self.control = control or default_control_endpoint()
         self._own_context = context is None
         self.ctx = context or zmq.Context()
@@ -121,8 +126,7 @@ class Feed:
 
     def request(self, kind: str, params: dict[str, Any] | None = None, timeout_s: float = 5.0) -> p.Reply:
         """One control request on its own socket (so it never mixes with the feed's stream)."""
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = self._socket(zmq.DEALER)
         try:
             sock.connect(self.control)
             req = _request(kind, params or {})
@@ -137,8 +141,9 @@ class Feed:
                     raise ConnectionError(f"bad reply from {self.control}: {err}") from None
                 if isinstance(msg.header, p.Reply) and msg.header.request_id == req.request_id:
                     return msg.header
+            hint = " and does it list this client's CURVE key?" if self.curve is not None else "?"
             raise TimeoutError(f"no reply from the daemon at {self.control} within {timeout_s:g} s; "
-                               "is `edxlive serve` running?")
+                               f"is `edxlive serve` running{hint}")
         finally:
             sock.close(0)
 
@@ -159,8 +164,7 @@ class Feed:
         self._close_sockets()
         if self._explicit is None:  # a restarted local daemon may have new ephemeral ports
             self.control = default_control_endpoint()
-        self._dealer = self.ctx.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
+        self._dealer = self._socket(zmq.DEALER)
         self._dealer.connect(self.control)
         self._send(_request("status", {}))
         self._phase = "status"
@@ -207,8 +211,7 @@ class Feed:
             return
         self.pub_endpoint = pub.replace("tcp://0.0.0.0:", f"tcp://{_host(self.control)}:")
         self.pub_endpoint = self.pub_endpoint.replace("tcp://*:", f"tcp://{_host(self.control)}:")
-        self._sub = self.ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub = self._socket(zmq.SUB)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.connect(self.pub_endpoint)
         self._buffer = []
@@ -250,6 +253,13 @@ class Feed:
                     self._phase = "idle"
                     return
                 out.append(msg)
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        return sock
 
     def _close_sockets(self) -> None:
         for sock in (self._dealer, self._sub):

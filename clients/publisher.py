@@ -3,6 +3,11 @@
 The socket is an XPUB that binds (DESIGN.md: the acquisition PC binds, the daemon connects).
 XPUB rather than PUB so that the sender can wait until a daemon has subscribed: a PUB socket
 silently drops everything sent before the subscription arrives (ZeroMQ's slow-joiner).
+
+With CURVE (docs/operations.md) the publisher is a CURVE *client* although it binds: it
+completes a handshake only with a daemon that holds the secret half of ``server.key``, so nobody
+else can subscribe, and the daemon admits only publisher keys it lists. A subscriber that fails
+the handshake never shows up in ``subscribers``.
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from edxlive.service import protocol as p
 
 
 class CurveKeys(Protocol):
-    """What the publisher needs to talk CURVE to the daemon (see edxlive.service.security)."""
+    """What the publisher needs to talk CURVE to the daemon: edxlive.clients.curve.ClientKeys."""
 
     def apply(self, socket: zmq.Socket) -> None: ...
 
 
 class AcquisitionPublisher:
-    """Publishes protocol v1 documents. One instance = one ``source`` id with its own ``seq``."""
+    """Publishes protocol v1 documents. One instance = one ``source`` id with its own ``seq``.
+
+    ``curve``: this publisher's key pair and the daemon's public key, e.g.
+    ``ClientKeys.load("publisher.key_secret", "server.key")``. When None, the keys come from the
+    edxlive configuration (``security.publisher_secret_key`` and ``security.server_public_key``);
+    without those the socket is plain, for a daemon on the same machine.
+    """
 
     def __init__(
         self,
@@ -39,6 +50,10 @@ class AcquisitionPublisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 5000)
+        if curve is None:
+            from edxlive.clients.curve import keys_from_config
+
+            curve = keys_from_config("publisher")
         if curve is not None:
             curve.apply(self._sock)
         self._sock.bind(endpoint.replace(":0", ":*") if endpoint.endswith(":0") else endpoint)

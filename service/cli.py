@@ -29,6 +29,28 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def curve_keys(role: str, secret: Path | None, server: Path | None) -> None:
+    """Check a client's CURVE key files, from the options or the configuration, before it starts.
+
+    Key files given as options travel on as the configuration's environment variables
+    (EDXLIVE_SECURITY__*): the one channel that the simulator's publisher, tail's feed and the
+    dashboard's feed all read (clients/curve.py), whichever module opens the socket.
+    """
+    import os
+
+    if (secret is None) != (server is None):
+        fail(f"give both --{role}-key and --server-key, or neither")
+    if secret is not None and server is not None:
+        os.environ[f"EDXLIVE_SECURITY__{role.upper()}_SECRET_KEY"] = str(secret.resolve())
+        os.environ["EDXLIVE_SECURITY__SERVER_PUBLIC_KEY"] = str(server.resolve())
+    from edxlive.clients.curve import CurveKeyError, keys_from_config
+
+    try:
+        keys_from_config(role)  # type: ignore[arg-type]
+    except CurveKeyError as exc:
+        fail(str(exc))
+
+
 @app.command()
 def demo(
     frames: Annotated[int, typer.Option(help="Frames in the demo scan.")] = 10,
@@ -91,8 +113,11 @@ def simulate(
     downsample: Annotated[int, typer.Option(help="Spatial downsampling when loading JEOL .pts.")] = 1,
     list_phantoms: Annotated[bool, typer.Option("--list-phantoms", help="List the built-in phantoms and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    publisher_key: Annotated[Path | None, typer.Option(help="CURVE: this publisher's .key_secret file (with --server-key).")] = None,
+    server_key: Annotated[Path | None, typer.Option(help="CURVE: the daemon's public server.key.")] = None,
 ) -> None:
     """Publish protocol v1 as the acquisition PC would, from a file or a phantom."""
+    curve_keys("publisher", publisher_key, server_key)
     from edxlive.clients.simulate import SimulateError, run_simulate
 
     try:
@@ -140,8 +165,11 @@ def analyze(
 @app.command()
 def dashboard(
     connect: Annotated[str | None, typer.Option(help="Daemon control endpoint, e.g. tcp://host:5557 (default: the local daemon).")] = None,
+    client_key: Annotated[Path | None, typer.Option(help="CURVE: this client's .key_secret file (with --server-key).")] = None,
+    server_key: Annotated[Path | None, typer.Option(help="CURVE: the daemon's public server.key.")] = None,
 ) -> None:
     """The terminal dashboard."""
+    curve_keys("client", client_key, server_key)
     from edxlive.clients.dashboard.app import run_dashboard
 
     raise typer.Exit(run_dashboard(connect))
@@ -154,8 +182,11 @@ def tail(
     until: Annotated[str | None, typer.Option(help="Stop after the first message of this topic, e.g. scan.finished.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     arrays: Annotated[bool, typer.Option("--arrays", help="Include array payloads as lists.")] = False,
+    client_key: Annotated[Path | None, typer.Option(help="CURVE: this client's .key_secret file (with --server-key).")] = None,
+    server_key: Annotated[Path | None, typer.Option(help="CURVE: the daemon's public server.key.")] = None,
 ) -> None:
     """Print the daemon's outbound messages as JSON lines, for scripts."""
+    curve_keys("client", client_key, server_key)
     from edxlive.clients.tail import run_tail
 
     raise typer.Exit(run_tail(connect, count=count, until=until, timeout=timeout, arrays=arrays))

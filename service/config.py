@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_data_path
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -109,12 +109,35 @@ class MetricsConfig(_Section):
 
 
 class SecurityConfig(_Section):
-    """CURVE keys. Without ``server_secret_key`` the daemon runs open, on localhost only."""
+    """CURVE keys (docs/operations.md). Without ``server_secret_key`` the daemon runs open, on localhost only.
 
-    server_secret_key: Path | None = None
-    publisher_keys_dir: Path | None = None
-    client_keys_dir: Path | None = None
-    publisher_server_key: Path | None = None
+    The daemon is the CURVE server on every socket and each peer a client (service/security.py says
+    why). The daemon reads the first three keys; the clients on this machine (simulate or a bridge,
+    tail, dashboard) read the last three. Only the shape is checked here: files are read when used,
+    so a dashboard never fails over a daemon key it need not read.
+    """
+
+    server_secret_key: Path | None = None  # the daemon's key pair (server.key_secret)
+    publisher_keys_dir: Path | None = None  # public keys of the acquisition PCs allowed to feed
+    client_keys_dir: Path | None = None  # public keys of the dashboards and scripts allowed to read
+    server_public_key: Path | None = None  # the daemon's public key (server.key), for clients
+    client_secret_key: Path | None = None  # this dashboard's or tail's key pair
+    publisher_secret_key: Path | None = None  # this acquisition publisher's key pair
+
+    @model_validator(mode="after")
+    def _complete(self) -> SecurityConfig:
+        dirs = {"publisher_keys_dir": self.publisher_keys_dir, "client_keys_dir": self.client_keys_dir}
+        if self.server_secret_key is not None:
+            missing = [k for k, v in dirs.items() if v is None]
+            if missing:
+                raise ValueError(f"security.server_secret_key needs security.{missing[0]} too "
+                                 "(the folder of allowed public keys)")
+        elif any(v is not None for v in dirs.values()):
+            raise ValueError("key folders without security.server_secret_key: set it, or remove the folders")
+        for key in ("client_secret_key", "publisher_secret_key"):
+            if getattr(self, key) is not None and self.server_public_key is None:
+                raise ValueError(f"security.{key} needs security.server_public_key (the daemon's server.key)")
+        return self
 
 
 class LoggingConfig(_Section):

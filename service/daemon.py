@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import zmq
 from edxlive.service import __version__, storage
 from edxlive.service import protocol as p
 from edxlive.service.analysis import AnalysisRunner
-from edxlive.service.config import Settings
+from edxlive.service.config import ConfigError, Settings
 from edxlive.service.logs import setup_logging
 from edxlive.service.metrics import Metrics
 from edxlive.service.publisher import Outbound
@@ -44,7 +45,7 @@ class Daemon:
         self.ctx = zmq.Context()
         self.metrics = Metrics()
         self.engine = Engine(settings)
-        self.curve = _curve(settings)
+        self.curve = _curve(settings, self.ctx, self.metrics)
         self.outbound = Outbound(self.ctx, settings.outbound.pub, settings.outbound.control, settings.outbound.sndhwm,
                                  p.new_source_id("edxlive"), curve=self.curve)
         lim = settings.limits
@@ -139,6 +140,8 @@ class Daemon:
 
     def publish_status(self) -> None:
         self.outbound.poll_monitor()
+        if self.curve is not None:
+            self.curve.poll()  # count refused handshakes, reconnect publishers, re-read key folders
         self.metrics.clients_connected(self.outbound.clients)
         self.outbound.publish(p.ServiceStatus, self.status_fields())
 
@@ -194,22 +197,29 @@ class Daemon:
         self.publish_status()
         self.receiver.close()
         self.outbound.close()
+        if self.curve is not None:
+            self.curve.close()
         self.ctx.term()
         (self.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         return 0
 
 
-def _curve(settings: Settings) -> Any:
-    if settings.security.server_secret_key is None:
-        return None
-    from edxlive.service.security import curve_setup
+def _curve(settings: Settings, ctx: zmq.Context, metrics: Metrics) -> Any:
+    from edxlive.service.security import curve_setup, require_localhost
 
-    return curve_setup(settings.security)
+    if settings.security.server_secret_key is None:
+        require_localhost(settings)  # open mode never leaves this machine
+        return None
+    return curve_setup(settings.security, ctx, on_refused=metrics.curve_refused)
 
 
 def serve_forever(settings: Settings) -> int:
     setup_logging(settings.logging)
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+    except ConfigError as exc:  # security settings are checked against the files only here
+        print(f"edxlive: error: {exc}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, _frame: object) -> None:
         daemon.stopping = True

@@ -18,8 +18,15 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 
 
 class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``. journald makes one entry per line, so a traceback's every
+    line carries the priority too: ``journalctl -p err`` then shows the whole of it."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {record.getMessage()}"
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,3 +49,5 @@ def setup_logging(cfg: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level)
+    # Python warnings from libraries become log records, so stderr stays one format (JSON or journal).
+    logging.captureWarnings(True)

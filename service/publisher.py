@@ -21,6 +21,7 @@ from edxlive.service import protocol as p
 log = logging.getLogger("edxlive.publisher")
 
 ControlHandler = Callable[[p.Request], p.Reply | None]
+_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH  # as in security.py
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> str:
@@ -42,10 +43,11 @@ class Outbound:
         self.router.setsockopt(zmq.SNDHWM, 10_000)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            curve.apply_outbound(self.pub)  # type: ignore[attr-defined]
+        self._curve = curve
+        if curve is not None:  # a socket has one monitor: the PUB's is this one, which reports refusals
+            curve.apply_outbound(self.pub, monitor=False)  # type: ignore[attr-defined]
             curve.apply_outbound(self.router)  # type: ignore[attr-defined]
-        self.monitor = self.pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.monitor = self.pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | _REFUSED)
         self.pub_endpoint = bind(self.pub, pub)
         self.control_endpoint = bind(self.router, control)
         self.latest: dict[str, list[bytes]] = {}
@@ -71,6 +73,10 @@ class Outbound:
 
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
+            if event & _REFUSED:  # a failed CURVE handshake; its connection's DISCONNECTED follows
+                if self._curve is not None:
+                    self._curve.handshake_failed("outbound", event)  # type: ignore[attr-defined]
+                continue
             self.clients += 1 if event == zmq.EVENT_ACCEPTED else -1
             self.clients = max(self.clients, 0)
 

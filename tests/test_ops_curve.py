@@ -1,0 +1,170 @@
+"""CURVE authentication with real sockets: a real daemon process, real simulators and clients.
+
+The keys are made the way an operator makes them: ``edxlive keys`` for the site (server,
+publisher, client) and a separate run for an intruder's own keys, which no folder lists.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+import zmq
+
+from edxlive.clients.curve import ClientKeys
+from edxlive.clients.feed import Feed
+from edxlive.clients.publisher import AcquisitionPublisher
+from edxlive.service.security import RECONNECT_AFTER_S
+from tests import procs
+
+
+@dataclass
+class Keys:
+    site: Path
+    rogue: Path
+
+    def daemon_env(self, **extra: str) -> dict[str, str]:
+        """The daemon's environment: CURVE on, and a short analysis so the test stays quick."""
+        env = dict(EDXLIVE_SECURITY__SERVER_SECRET_KEY=str(self.site / "server.key_secret"),
+                   EDXLIVE_SECURITY__PUBLISHER_KEYS_DIR=str(self.site / "publishers"),
+                   EDXLIVE_SECURITY__CLIENT_KEYS_DIR=str(self.site / "clients"),
+                   EDXLIVE_ANALYSIS__WORKFLOWS='["pca_gmm"]', EDXLIVE_ANALYSIS__WARMUP="false")
+        return procs.child_env(**{**env, **extra})
+
+    def args(self, role: str, secret: Path) -> list[str]:
+        return [f"--{role}-key", str(secret), "--server-key", str(self.site / "server.key")]
+
+    def client(self, name: str = "client") -> ClientKeys:
+        folder = self.site if name == "client" else self.rogue
+        return ClientKeys.load(folder / f"{name}.key_secret", self.site / "server.key")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    site, rogue = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("intruder")
+    for folder, names in ((site, []), (rogue, ["--name", "publisher-rogue", "--name", "client-rogue"])):
+        out = subprocess.run([*procs.CMD, "keys", str(folder), *names], capture_output=True, text=True,
+                             env=procs.child_env(), timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (site / "clients").iterdir()) == ["client.key"]
+    assert (site / "server.key_secret").stat().st_mode & 0o077 == 0  # secret keys are private
+    return Keys(site, rogue)
+
+
+def _refused(metrics_url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return {m[0]: float(m[1]) for m in re.findall(r'edxlive_curve_refused_total\{direction="(\w+)"\} (\S+)', text)}
+
+
+def _tail_without_access(control: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([*procs.CMD, "tail", "--connect", control, "--until", "scan.finished", "--timeout", "8",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=procs.child_env())
+
+
+def test_only_listed_publishers_and_clients(shared_data: Path, keys: Keys, tmp_path: Path) -> None:
+    source = shared_data / "bruker" / "test_TEM.bcf"
+    rogue_args = keys.args("publisher", keys.rogue / "publisher-rogue.key_secret")
+    good_args = keys.args("publisher", keys.site / "publisher.key_secret")
+    with ThreadPoolExecutor(2) as pool:  # each simulator takes seconds to import its readers
+        # The intruder sends all the time, with CURVE and the right server key but its own key.
+        rogue_f = pool.submit(procs.start_simulator, "tiny", "--loop", "--wait-subscribers", "0",
+                              "--scan-seconds", "5", "--frames", "2", "--scan-id", "rogue", *rogue_args)
+        good_f = pool.submit(procs.start_simulator, str(source), "--frames", "2", "--fast", "--scan-id", "curve-1",
+                             *good_args)
+        rogue, good = rogue_f.result(), good_f.result()
+    daemon = procs.start_daemon(tmp_path / "data", [rogue.endpoint, good.endpoint], env=keys.daemon_env())
+    with procs.running(rogue, good, daemon):
+        intruder = _tail_without_access(daemon.control, *keys.args("client", keys.rogue / "client-rogue.key_secret"))
+        keyless = _tail_without_access(daemon.control)
+        client_args = keys.args("client", keys.site / "client.key_secret")
+        docs = procs.tail(daemon.control, "--until", "scan.finished", *client_args)
+        for proc in (intruder, keyless):
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1 and out == "", err  # an unlisted client gets nothing at all
+        sent = int(re.search(r"([\d,]+) events", good.wait()).group(1).replace(",", ""))  # type: ignore[union-attr]
+        metrics = urllib.request.urlopen(daemon.metrics, timeout=5).read().decode()
+        refused = _refused(daemon.metrics)
+        assert refused.get("inbound", 0) >= 1 and refused.get("outbound", 0) >= 2, refused
+        # The service stays up and still answers a listed client.
+        assert daemon.proc.poll() is None and rogue.proc.poll() is None
+        with Feed(daemon.control, curve=keys.client()) as feed:
+            assert feed.request("status").result["security"] == "curve"
+    finished = docs[-1]
+    assert finished["topic"] == "scan.finished" and finished["status"] == "completed"
+    assert {d.get("scan_id") for d in docs} <= {"curve-1", None}  # the intruder's scans never started
+    # The daemon took in exactly the authorised publisher's X-rays, and saved them all.
+    assert f"edxlive_xray_events_ingested_total {float(sent)}" in metrics
+    saved = zarr.open(str(Path(finished["folder"]) / "spectrum_image.zspy"), mode="r")
+    assert int(np.asarray(saved["Experiments"]["curve-1"]["data"]).sum()) == sent
+    log = (tmp_path / "data" / "daemon.log").read_text()
+    assert "CURVE inbound: refused key" in log and "CURVE outbound: refused key" in log
+
+
+def test_new_client_key_accepted_without_restart(keys: Keys, tmp_path: Path) -> None:
+    """Dropping a public key into client_keys_dir admits that client within seconds."""
+    clients = tmp_path / "clients"
+    shutil.copytree(keys.site / "clients", clients)
+    env = keys.daemon_env(EDXLIVE_SECURITY__CLIENT_KEYS_DIR=str(clients))
+    daemon = procs.start_daemon(tmp_path / "data", [], env=env)
+    with procs.running(daemon), Feed(daemon.control, curve=keys.client("client-rogue")) as feed:
+        with pytest.raises(TimeoutError):
+            feed.request("status", timeout_s=2)
+        shutil.copy(keys.rogue / "clients" / "client-rogue.key", clients)
+        reply = procs.wait_for(lambda: _status_or_none(feed), timeout=15, what="the new key to be accepted")
+        assert reply.ok
+        assert _refused(daemon.metrics).get("outbound", 0) >= 1
+
+
+def _status_or_none(feed: Feed):  # type: ignore[no-untyped-def]
+    try:
+        return feed.request("status", timeout_s=1)
+    except TimeoutError:
+        return None
+
+
+def test_publisher_fixed_after_a_failed_handshake(keys: Keys, tmp_path: Path) -> None:
+    """A publisher first started without CURVE, then restarted with its keys on the same port, is picked up.
+
+    libzmq gives up on an endpoint after a protocol-level handshake failure; the daemon retries it.
+    """
+    ctx = zmq.Context()
+    plain = AcquisitionPublisher("tcp://127.0.0.1:0", context=ctx, curve=_NoCurve())
+    endpoint = plain.endpoint
+    daemon = procs.start_daemon(tmp_path / "data", [endpoint], env=keys.daemon_env())
+    try:
+        procs.wait_for(lambda: _refused(daemon.metrics).get("inbound", 0) >= 1, timeout=15,
+                       what="the plain publisher to be refused")
+        assert not plain.wait_for_subscribers(1, timeout=1)
+        plain.close()
+        publisher_keys = ClientKeys.load(keys.site / "publisher.key_secret", keys.site / "server.key")
+        # the port is released asynchronously after close
+        fixed = procs.wait_for(lambda: _bind_or_none(endpoint, ctx, publisher_keys), timeout=10, what="the port")
+        try:
+            assert fixed.wait_for_subscribers(1, timeout=RECONNECT_AFTER_S + 10)
+        finally:
+            fixed.close()
+    finally:
+        procs.stop(daemon.proc)
+        ctx.destroy(linger=0)
+
+
+def _bind_or_none(endpoint: str, ctx: zmq.Context, curve: ClientKeys) -> AcquisitionPublisher | None:
+    try:
+        return AcquisitionPublisher(endpoint, context=ctx, curve=curve)
+    except zmq.ZMQError:
+        return None
+
+
+class _NoCurve:
+    """A publisher that does not speak CURVE at all (as one configured by mistake would)."""
+
+    def apply(self, socket: zmq.Socket) -> None:
+        pass
