@@ -12,6 +12,7 @@ is solved by bounded weighted least squares (scipy ``lsq_linear``: line intensit
 clips absent lines at zero) with Poisson weights 1/max((model + data)/2, 1), iterated. Overlapping
 lines (Ag/Cd/In L, Mn Kβ/Fe Kα, Cu Kβ/Zn Kα, S K/Mo L/Pb M) are separated by the fit, not by windows.
 
+Cliff–Lorimer: the reported wt% and at% are exspy's (``exspy_cl.py``, its public quantification API).
 Uncertainties: the covariance of the intensities is (Aᵀ W A)⁻¹ with W = 1/variance (Poisson
 counting statistics of peak and background together). It is propagated to weight and atomic
 fractions through the analytic Jacobian of the Cliff–Lorimer and at% formulas. k-factor
@@ -26,12 +27,13 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from edxlive.service.pipeline import xray
+from edxlive.service.pipeline.exspy_cl import exspy_cliff_lorimer
 from edxlive.service.pipeline.kfactors import KFactors
 from edxlive.service.pipeline.meta import ScanMeta
 
 METHOD = ("linear model fit (Gaussian lines at detector resolution, exspy line table, Kramers x quadratic "
-          "background), bounded Poisson-weighted least squares; Cliff-Lorimer (wt) -> at%; 1 sigma from the fit "
-          "covariance propagated analytically")
+          "background), bounded Poisson-weighted least squares; exspy Cliff-Lorimer (wt) -> at%; 1 sigma from the "
+          "fit covariance propagated analytically")
 FIT_RANGE_KEV = (0.2, 20.0)
 MIN_LINE_COUNTS = 25.0  # below this total line signal a spectrum is reported as vacuum
 
@@ -119,23 +121,34 @@ def quantify(spectra: np.ndarray, meta: ScanMeta, elements: list[str], kfactors:
     if not elements:
         return [Composition({}, {}, {}, float(s.sum()), True, ["no elements to quantify"]) for s in spectra]
     model = build_model(meta, elements, shift_kev)
-    return [_one(s, model, elements, kfactors) for s in spectra]
+    fits = [_line_intensities(s, model) for s in spectra]
+    k = np.array([kfactors.values[ln] for ln in model.lines])
+    rows = [i for i, (intensity, _) in enumerate(fits) if intensity.sum() >= MIN_LINE_COUNTS]
+    # The reported values are exspy's (one call for every spectrum); σ comes from our propagation.
+    wt_ex, at_ex = exspy_cliff_lorimer(np.array([fits[i][0] for i in rows]), k, model.lines) if rows else ((), ())
+    values = dict(zip(rows, zip(wt_ex, at_ex, strict=True), strict=True))
+    weights = np.array([xray.atomic_weight(el) for el in elements])
+    return [_composition(s, model, elements, k, weights, *fits[i], values.get(i)) for i, s in enumerate(spectra)]
 
 
-def _one(spectrum: np.ndarray, model: Model, elements: list[str], kfactors: KFactors) -> Composition:
+def _line_intensities(spectrum: np.ndarray, model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """The named lines' fitted intensities and their covariance."""
     coef, cov = fit(spectrum, model)
     index = [model.families.index(ln) for ln in model.lines]
-    intensity = coef[index]
-    icov = cov[np.ix_(index, index)]
+    return coef[index], cov[np.ix_(index, index)]
+
+
+def _composition(spectrum: np.ndarray, model: Model, elements: list[str], k: np.ndarray, weights: np.ndarray,
+                 intensity: np.ndarray, icov: np.ndarray,
+                 exspy_values: tuple[np.ndarray, np.ndarray] | None) -> Composition:
     sig_i = np.sqrt(np.clip(np.diag(icov), 0, None))
     intensities = {ln: (float(i), float(s)) for ln, i, s in zip(model.lines, intensity, sig_i, strict=True)}
     total = float(np.asarray(spectrum).sum())
-    if intensity.sum() < MIN_LINE_COUNTS:
+    if exspy_values is None:
         return Composition({}, {}, intensities, total, True,
                            [f"vacuum: only {intensity.sum():.0f} counts in the element lines; not quantified"])
-    k = np.array([kfactors.values[ln] for ln in model.lines])
-    weights = np.array([xray.atomic_weight(el) for el in elements])
-    wt, wt_cov, at, at_cov = cliff_lorimer(intensity, icov, k, weights)
+    _, wt_cov, _, at_cov = cliff_lorimer(intensity, icov, k, weights)
+    wt, at = exspy_values
     warnings = [f"{ln}: no significant intensity (clipped at 0)" for ln, i in zip(model.lines, intensity, strict=True)
                 if i <= 0]
     return Composition(
