@@ -56,3 +56,17 @@ def test_chevkinite_four_phases(shared_data: Path, tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "r" / "result.json").read_text())
     phases = [ph for ph in doc["verdict"]["phases"] if ph["role"] == "phase"]
     assert len(phases) >= 4, doc["verdict"]["reasons"]
+
+
+@pytest.mark.slow
+def test_sio2_particles_separate_from_the_carbon_film(shared_data: Path, tmp_path: Path) -> None:
+    out = subprocess.run([*CMD, "analyze", str(shared_data / "hspy/SiO2_EDS_Spectrum_Image.hspy"),
+                          "--out", str(tmp_path / "r"), "-q"],
+                         capture_output=True, text=True, timeout=900, env=child_env(), check=False)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "r" / "result.json").read_text())
+    for name, wf in doc["workflows"].items():
+        comps = [c["composition_at_pct"] for c in wf["clusters"] if c.get("composition_at_pct")]
+        particles = [c for c in comps if c["Si"][0] > 15 and c["O"][0] > 25]
+        film = [c for c in comps if c["C"][0] > 90]
+        assert particles and film, (name, comps)
