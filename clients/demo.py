@@ -45,20 +45,24 @@ def run_demo(*, frames: int, scan_seconds: float, phantom: str, dashboard: bool,
     data.mkdir(parents=True, exist_ok=True)
     print(f"edxlive demo: phantom {phantom!r}, {frames} frames over {scan_seconds:.0f} s; results in {data}",
           flush=True)
+    show = dashboard and sys.stdout.isatty() and _dashboard_available()
+    # Under the dashboard the terminal is the dashboard's: the children's log lines go to a file.
+    log = open(data / "demo.log", "a") if show else None  # noqa: SIM115 - closed in finally
     sim = subprocess.Popen([*CMD, "simulate", phantom, "--endpoint", "tcp://127.0.0.1:0", "--frames", str(frames),
                             "--scan-seconds", str(scan_seconds), "--wait-timeout", "120", "-q"],
-                           stdout=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=log, text=True)
     daemon = None
     try:
         endpoint = _wait_line(sim, "endpoint: ", 60)
         daemon = subprocess.Popen([*CMD, "serve", "--connect", endpoint, "--pub", "tcp://127.0.0.1:0",
-                                   "--control", "tcp://127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data)])
+                                   "--control", "tcp://127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data)],
+                                  stderr=log)
         runtime = _wait_file(data / "daemon.json", daemon, 60)
-        if dashboard and sys.stdout.isatty() and _dashboard_available():
-            from edxlive.clients.dashboard.app import run_dashboard
+        if not show:
+            return _follow(runtime["control"])
+        from edxlive.clients.dashboard.app import run_dashboard
 
-            return run_dashboard(runtime["control"])
-        return _follow(runtime["control"])
+        status = run_dashboard(runtime["control"])
     finally:
         for proc in (sim, daemon):
             if proc is not None and proc.poll() is None:
@@ -67,6 +71,20 @@ def run_demo(*, frames: int, scan_seconds: float, phantom: str, dashboard: bool,
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        if log is not None:
+            log.close()
+    _print_results(data)
+    return status
+
+
+def _print_results(data: Path) -> None:
+    """After the daemon's graceful stop, so an analysis it finished on the way out is listed too."""
+    folders = sorted({p.parent for p in data.rglob("result.json")})
+    for folder in folders:
+        print(f"results: {folder}", flush=True)
+    if not folders:
+        print(f"results: none yet (no scan was analysed); data in {data}", flush=True)
+    print(f"log: {data / 'demo.log'}", flush=True)
 
 
 def _dashboard_available() -> bool:

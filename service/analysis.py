@@ -64,6 +64,9 @@ def run_job(job: AnalysisJob, params: dict[str, Any], spectrum_format: str) -> d
 
 
 def _init_worker(numba_cache: str, warm: bool) -> None:
+    from edxlive.service.logs import quiet_third_party_warnings
+
+    quiet_third_party_warnings()
     os.environ.setdefault("NUMBA_CACHE_DIR", numba_cache)
     os.environ.setdefault("MPLBACKEND", "Agg")
     if warm:

@@ -204,17 +204,10 @@ def keys(
         typer.echo(str(path))
 
 
-# Third-party warnings that say nothing to a microscopist about their data (the same ones pyproject's
-# pytest filterwarnings documents): RosettaSciIO's .zspy writer on zarr 2, and exspy importing
-# HyperSpy's lazy signals by their old path.
-_THIRD_PARTY_NOISE = (".*NestedDirectoryStore.*", "Importing `.*` from `hyperspy.* is deprecated")
-
-
 def main() -> None:
-    import warnings
+    from edxlive.service.logs import quiet_third_party_warnings
 
-    for pattern in _THIRD_PARTY_NOISE:
-        warnings.filterwarnings("ignore", message=pattern)
+    quiet_third_party_warnings()
     try:
         app()
     except KeyboardInterrupt:

@@ -51,3 +51,17 @@ def setup_logging(cfg: LoggingConfig) -> None:
     root.setLevel(cfg.level)
     # Python warnings from libraries become log records, so stderr stays one format (JSON or journal).
     logging.captureWarnings(True)
+
+
+# Third-party warnings that say nothing to a microscopist about their data (the same ones pyproject's
+# pytest filterwarnings documents): RosettaSciIO's .zspy writer on zarr 2, and exspy importing
+# HyperSpy's lazy signals by their old path.
+_THIRD_PARTY_NOISE = (".*NestedDirectoryStore.*", "Importing `.*` from `hyperspy.* is deprecated")
+
+
+def quiet_third_party_warnings() -> None:
+    """Called by the CLI and by each analysis worker (a spawned process starts with no filters)."""
+    import warnings
+
+    for pattern in _THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
