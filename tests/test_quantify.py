@@ -144,3 +144,11 @@ def test_cliff_lorimer_agrees_with_exspy() -> None:
         wt, _, at, _ = cliff_lorimer(row, np.diag(row), k, weights)
         np.testing.assert_allclose(wt, wt_ex, rtol=1e-10)
         np.testing.assert_allclose(at, at_ex, rtol=1e-6)
+
+
+def test_a_single_element_is_the_whole_sample() -> None:
+    from edxlive.service.pipeline.exspy_cl import exspy_cliff_lorimer
+
+    wt, at = exspy_cliff_lorimer(np.array([[120.0], [0.5]]), np.array([1.3]), ["Cu_Ka"])
+    np.testing.assert_array_equal(wt, [[1.0], [1.0]])
+    np.testing.assert_array_equal(at, [[1.0], [1.0]])

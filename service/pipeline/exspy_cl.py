@@ -20,6 +20,8 @@ def exspy_cliff_lorimer(intensity: np.ndarray, k: np.ndarray, lines: list[str]) 
 
     intensity = np.atleast_2d(np.asarray(intensity, dtype=np.float64))
     n = intensity.shape[0]
+    if len(lines) == 1:  # exspy needs two lines for a ratio; one element is the whole of the sample
+        return np.ones((n, 1)), np.ones((n, 1))
     elements = [line.split("_")[0] for line in lines]
     signals = []
     for j, line in enumerate(lines):
