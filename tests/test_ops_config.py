@@ -146,3 +146,14 @@ def test_print_config_says_where_each_value_came_from(tmp_path: Path) -> None:
     import tomllib
 
     assert tomllib.loads(out.stdout)["binning"]["factor"] == 4  # the output is itself a valid config
+
+
+@pytest.mark.parametrize("option", [["--connect", "tcp://192.168.10.20:5555"], ["--pub", "tcp://*:5556"],
+                                    ["--control", "tcp://0.0.0.0:5557"]])
+def test_without_keys_only_localhost(tmp_path: Path, option: list[str]) -> None:
+    """Open mode (no CURVE keys) never listens or connects off this machine: refused at start, exit 2."""
+    out = _serve(*option, "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1 and "is not on localhost" in out.stderr
+    assert "security.server_secret_key" in out.stderr  # the remedy
+    assert not (tmp_path / "data").exists()

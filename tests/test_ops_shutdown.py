@@ -54,6 +54,7 @@ def test_sigterm_mid_scan_saves_the_counts_and_leaves_no_partial_files(shared_da
 
     assert _partial(data) == []  # no temporaries, no half-written files
     assert not (data / "daemon.json").exists()  # clients are not pointed at a daemon that is gone
+    assert "security open (localhost only)" in text  # open mode says so at start
     assert "shutting down" in text and "Traceback" not in text
 
 
