@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from edxlive.service import __version__
+from edxlive.service.config import ConfigError
 
 STATES = ("idle", "acquiring", "analysing")
 # Label values known in advance start at 0, so their series exist (and rate() works) from the first
@@ -61,7 +62,12 @@ class Metrics:
             self._refused.labels(direction)
 
     def start_server(self, address: str, port: int) -> int:
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        """Serve /metrics; returns the port (0 picks a free one). ConfigError if it cannot listen there."""
+        try:
+            server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"metrics.address/metrics.port: cannot listen on {address}:{port} ({exc.strerror}); "
+                              "choose another metrics.port, or stop what uses it") from None
         return int(server.server_address[1])
 
     def messages_received(self, topic: str) -> None:

@@ -157,3 +157,24 @@ def test_without_keys_only_localhost(tmp_path: Path, option: list[str]) -> None:
     assert len(out.stderr.splitlines()) == 1 and "is not on localhost" in out.stderr
     assert "security.server_secret_key" in out.stderr  # the remedy
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("--metrics-port", "metrics.address/metrics.port: cannot listen on 127.0.0.1:{port} (Address already in use)"),
+    ("--pub", "cannot open a ZeroMQ endpoint: Address already in use (addr='tcp://127.0.0.1:{port}')"),
+])
+def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, option: str, expected: str) -> None:
+    """Another program on the port: one line, status 2 (systemd does not restart into the same clash)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        value = str(port) if option == "--metrics-port" else f"tcp://127.0.0.1:{port}"
+        args = {"--pub": "tcp://127.0.0.1:0", "--control": "tcp://127.0.0.1:0", "--metrics-port": "0", option: value}
+        out = _serve(*[x for kv in args.items() for x in kv], "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"edxlive: error: {expected.format(port=port)}"), out.stderr
+    assert "Traceback" not in out.stderr
