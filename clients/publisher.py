@@ -50,13 +50,17 @@ class AcquisitionPublisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 5000)
-        if curve is None:
-            from edxlive.clients.curve import keys_from_config
+        try:
+            if curve is None:
+                from edxlive.clients.curve import keys_from_config
 
-            curve = keys_from_config("publisher")
-        if curve is not None:
-            curve.apply(self._sock)
-        self._sock.bind(endpoint.replace(":0", ":*") if endpoint.endswith(":0") else endpoint)
+                curve = keys_from_config("publisher")
+            if curve is not None:
+                curve.apply(self._sock)
+            self._sock.bind(endpoint.replace(":0", ":*") if endpoint.endswith(":0") else endpoint)
+        except BaseException:
+            self.close()  # a port in use or a bad key must not leak the socket: its context could never terminate
+            raise
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._seq = p.Sequencer(source or p.new_source_id("acq"))
         self.subscribers = 0

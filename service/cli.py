@@ -87,6 +87,13 @@ def serve(
     if print_config:
         print_settings(settings, config)
         return
+    if settings.security.server_secret_key is None:  # open mode: refuse off-machine endpoints before anything starts
+        from edxlive.service.security import require_localhost
+
+        try:
+            require_localhost(settings)
+        except ConfigError as exc:
+            fail(str(exc))
     from edxlive.service.daemon import serve_forever
 
     raise typer.Exit(serve_forever(settings))

@@ -188,19 +188,84 @@ class ConfigError(ValueError):
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the effective settings. Raises ConfigError with a one-line message."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     if config_file is not None:
         if not Path(config_file).is_file():
             raise ConfigError(f"config file {config_file} does not exist; pass an existing TOML file")
         os.environ[CONFIG_ENV] = str(config_file)
+    _check_env_sections()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err.get("loc", ())) or "config"
-        raise ConfigError(f"invalid config value for {key}: {err.get('msg')}") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read config {config_file}: {exc}") from None
+        raise ConfigError(_explain(exc.errors()[0])) from None
+    except SettingsError as exc:  # an environment value that is not valid JSON where JSON is needed
+        raise ConfigError(_env_parse_error(exc)) from None
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"cannot read config file {os.environ.get(CONFIG_ENV)}: {exc}; fix the TOML syntax") from None
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {name: field.annotation for name, field in Settings.model_fields.items()}  # type: ignore[misc]
+
+
+def _check_env_sections() -> None:
+    """``EDXLIVE_<SECTION>__<KEY>`` with a misspelt section would be ignored silently: refuse it."""
+    sections = _sections()
+    for name in os.environ:
+        if name.startswith("EDXLIVE_") and "__" in name:
+            section = name[len("EDXLIVE_"):].split("__", 1)[0].lower()
+            if section not in sections:
+                raise ConfigError(f"environment variable {name}: {section!r} is not a config section; "
+                                  f"the sections are {', '.join(sections)}")
+
+
+def _origin(section: str, key: str | None) -> str:
+    """Where a key's value came from, for error messages: the environment variable or the file."""
+    env = f"EDXLIVE_{section.upper()}" + (f"__{key.upper()}" if key else "")
+    if env in os.environ:
+        return f" (from {env})"
+    path = os.environ.get(CONFIG_ENV)
+    return f" (from {path})" if path else ""
+
+
+def _explain(err: Any) -> str:
+    """One line for pydantic's first error: the dotted key, the value given, what is allowed."""
+    loc = [str(x) for x in err.get("loc", ())]
+    key = ".".join(loc[:2]) + "".join(f"[{x}]" for x in loc[2:]) or "config"
+    section, field = loc[0] if loc else "config", loc[1] if len(loc) > 1 else None
+    sections = _sections()
+    if err.get("type") == "extra_forbidden":
+        if field is None:
+            return (f"{section!r} is not a config section{_origin(section, None)}; "
+                    f"the sections are {', '.join(sections)}")
+        known = ", ".join(sections[section].model_fields) if section in sections else ""
+        return f"{key} is not a known key{_origin(section, field)}; [{section}] has {known}"
+    if field is None and err.get("type") == "model_type":
+        return f"{section}{_origin(section, None)} must be a [{section}] table of keys, not a single value"
+    given = err.get("input")
+    value = f" = {given!r}" if field is not None and not isinstance(given, dict) else ""
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"invalid config value for {key}{value}{_origin(section, field)}: {msg}"
+
+
+def _env_parse_error(exc: Exception) -> str:
+    """pydantic-settings names only the section; find the environment variable that is not JSON."""
+    import json
+
+    for name, value in os.environ.items():
+        if not name.startswith("EDXLIVE_") or "__" not in name:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            section, key = name[len("EDXLIVE_"):].lower().split("__", 1)
+            model = _sections().get(section)
+            field = model.model_fields.get(key) if model else None
+            if field is not None and "list" in str(field.annotation):
+                return (f"environment variable {name}={value!r} is not a JSON list; write it as JSON, "
+                        f"e.g. {name}='[\"a\", \"b\"]'")
+    return f"cannot read the EDXLIVE_* environment: {exc}"
 
 
 def build_settings(config_file: Path | None = None, *, connect: list[str] | None = None,
@@ -251,7 +316,8 @@ def value_sources(config_file: Path | None) -> dict[str, str]:
 
 
 def print_settings(settings: Settings, config_file: Path | None = None) -> None:
-    """The effective configuration as TOML, each value annotated with where it came from."""
+    """The effective configuration as TOML (valid TOML: it can be saved as a config file), each value
+    annotated with where it came from."""
     import json
 
     sources = value_sources(config_file)
@@ -259,5 +325,8 @@ def print_settings(settings: Settings, config_file: Path | None = None) -> None:
     for section, table in dumped.items():
         print(f"[{section}]")
         for key, value in table.items():
-            print(f"{key} = {json.dumps(value)}  # {sources.get(f'{section}.{key}', 'default')}")
+            source = sources.get(f"{section}.{key}", "default")
+            # TOML has no null: an unset key is shown commented out, so the output stays valid TOML.
+            line = f"# {key} is not set" if value is None else f"{key} = {json.dumps(value)}"
+            print(f"{line}  # {source}")
         print()

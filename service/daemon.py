@@ -44,6 +44,11 @@ class Daemon:
         self.started = time.monotonic()
         self.ctx = zmq.Context()
         self.metrics = Metrics()
+        # First, so that a port already in use fails before sockets and analysis workers exist.
+        self.metrics_endpoint = ""
+        if settings.metrics.enabled:
+            port = self.metrics.start_server(settings.metrics.address, settings.metrics.port)
+            self.metrics_endpoint = f"http://{settings.metrics.address}:{port}/metrics"
         self.engine = Engine(settings)
         self.curve = _curve(settings, self.ctx, self.metrics)
         self.outbound = Outbound(self.ctx, settings.outbound.pub, settings.outbound.control, settings.outbound.sndhwm,
@@ -53,10 +58,6 @@ class Daemon:
                           max_pixels=lim.max_pixels, max_channels=lim.max_channels, max_frames=lim.max_frames)
         self.receiver = Receiver(self.ctx, settings.inbound.endpoints, limits, lim.max_message_bytes, curve=self.curve)
         self.analysis = AnalysisRunner(settings)
-        self.metrics_endpoint = ""
-        if settings.metrics.enabled:
-            port = self.metrics.start_server(settings.metrics.address, settings.metrics.port)
-            self.metrics_endpoint = f"http://{settings.metrics.address}:{port}/metrics"
         self.stopping = False
         self.recent_errors: list[str] = []
         self._ready_sent = False
@@ -219,6 +220,10 @@ def serve_forever(settings: Settings) -> int:
         daemon = Daemon(settings)
     except ConfigError as exc:  # security settings are checked against the files only here
         print(f"edxlive: error: {exc}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as exc:  # an endpoint that cannot be bound (in use) or parsed: one line, no traceback
+        print(f"edxlive: error: cannot open a ZeroMQ endpoint: {exc}; check inbound.endpoints, outbound.pub "
+              "and outbound.control", file=sys.stderr)
         return 2
 
     def stop(signum: int, _frame: object) -> None:

@@ -1,18 +1,35 @@
 """Prometheus metrics, named by Prometheus conventions with the prefix ``edxlive_``.
 
 A registry of our own (not the process-global one), served over HTTP on a configurable address
-that defaults to 127.0.0.1.
+that defaults to 127.0.0.1. Counters get ``_total`` in the exposition (``edxlive_scans_total``),
+units are in the names (``_seconds``, ``_ratio``). The standard ``process_*`` metrics (memory,
+CPU, open files, start time) of the daemon's own process are included: for a service that runs
+for months, memory against the unit's MemoryMax is the first thing to watch.
+docs/operations.md lists every metric; docs/grafana-edxlive.json charts them.
 """
 
 from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 
 from edxlive.service import __version__
+from edxlive.service.config import ConfigError
 
 STATES = ("idle", "acquiring", "analysing")
+# Label values known in advance start at 0, so their series exist (and rate() works) from the first
+# scrape; a series that appears only at its first event hides that event from increase().
+OUTCOMES = ("completed", "aborted", "failed")
+DIRECTIONS = ("inbound", "outbound")
 
 
 class Metrics:
@@ -37,10 +54,20 @@ class Metrics:
                                 ["direction"], registry=r)
         Info("edxlive_build", "Build information", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
+        ProcessCollector(registry=r)
         self.scan_state("idle")
+        for outcome in OUTCOMES:
+            self._outcome.labels(outcome)
+        for direction in DIRECTIONS:
+            self._refused.labels(direction)
 
     def start_server(self, address: str, port: int) -> int:
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        """Serve /metrics; returns the port (0 picks a free one). ConfigError if it cannot listen there."""
+        try:
+            server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"metrics.address/metrics.port: cannot listen on {address}:{port} ({exc.strerror}); "
+                              "choose another metrics.port, or stop what uses it") from None
         return int(server.server_address[1])
 
     def messages_received(self, topic: str) -> None:

@@ -168,3 +168,32 @@ class _NoCurve:
 
     def apply(self, socket: zmq.Socket) -> None:
         pass
+
+
+def test_keys_again_adds_names_and_never_replaces_a_pair(tmp_path: Path) -> None:
+    """A new server key would lock out every deployed peer, and a revoked key must stay revoked."""
+    from edxlive.service.security import generate_keys
+
+    generate_keys(tmp_path, ["server", "publisher", "client"])
+    server_secret = (tmp_path / "server.key_secret").read_bytes()
+    (tmp_path / "clients" / "client.key").unlink()  # revoked by the operator
+    generate_keys(tmp_path, ["server", "client", "client-carol", "publisher-2"])
+    assert (tmp_path / "server.key_secret").read_bytes() == server_secret
+    assert sorted(p.name for p in (tmp_path / "clients").iterdir()) == ["client-carol.key"]
+    assert sorted(p.name for p in (tmp_path / "publishers").iterdir()) == ["publisher-2.key", "publisher.key"]
+    assert not (tmp_path / "clients" / "server.key").exists() and not (tmp_path / "publishers" / "server.key").exists()
+    for secret in tmp_path.glob("*.key_secret"):
+        assert secret.stat().st_mode & 0o077 == 0, secret
+
+
+@pytest.mark.timeout(30)
+def test_a_publisher_that_cannot_bind_leaves_nothing_open() -> None:
+    """A port in use raises, and the half-made publisher's socket is closed: its context terminates."""
+    ctx = zmq.Context()
+    first = AcquisitionPublisher("tcp://127.0.0.1:0", context=ctx, curve=_NoCurve())
+    try:
+        with pytest.raises(zmq.ZMQError):
+            AcquisitionPublisher(first.endpoint, context=ctx, curve=_NoCurve())
+    finally:
+        first.close()
+    ctx.term()  # would block for ever on a leaked socket

@@ -6,6 +6,7 @@ messages, so that every counter family has a reason to move.
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
 from pathlib import Path
@@ -16,6 +17,7 @@ from edxlive.clients.feed import Feed
 from edxlive.clients.publisher import AcquisitionPublisher
 from edxlive.service import metrics as service_metrics
 from tests import procs
+from tests.test_ops_grafana import DASHBOARD, SELECTOR, expressions
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -70,9 +72,14 @@ def test_counters_move_during_a_scan(shared_data: Path, tmp_path: Path) -> None:
                 pass  # the feed is a connected client meanwhile
             scraper.done.set()
             scraper.join()
-            after = scrape(daemon.metrics)
+            # The state gauge is set just after scan.finished is published: wait for it, briefly.
+            after = procs.wait_for(lambda: _idle(scrape(daemon.metrics)), timeout=10, what="the idle state")
     _check_during(scraper.scrapes)
     _check_after(before, after)
+
+
+def _idle(samples: Samples) -> Samples | None:
+    return samples if value(samples, "edxlive_scan_state", state="idle") == 1 else None
 
 
 def _check_during(scrapes: list[Samples]) -> None:
@@ -101,6 +108,12 @@ def _check_after(before: Samples, after: Samples) -> None:
                for n, labels in after)
     assert value(after, "edxlive_build_info", version=service_metrics.__version__,
                  python=_python_version()) == 1
+    assert value(after, "process_resident_memory_bytes") > 0
+    # Every metric the Grafana dashboard charts is in this real daemon's scrape.
+    scraped = {name for name, _ in after}
+    charted = {name for expr in expressions(json.loads(DASHBOARD.read_text()))
+               for name, _ in SELECTOR.findall(expr)} - {"up"}
+    assert charted <= scraped, charted - scraped
 
 
 def _python_version() -> str:
