@@ -79,3 +79,28 @@ class Metrics:
 
     def curve_refused(self, direction: str) -> None:
         self._refused.labels(direction).inc()
+
+    # ---------------------------------------------------------------- reliability (issue 7)
+
+    def add_reliability_metrics(self) -> None:
+        """Storage failures, unsaved scans, inbound disconnects (the daemon calls this once at start)."""
+        r = self.registry
+        self._storage = Counter("edxlive_storage_failures", "Failed writes into the data folder, by what "
+                                "(folder, checkpoint, save)", ["what"], registry=r)
+        self._unsaved = Gauge("edxlive_scans_unsaved", "Finished scans held in memory, not yet written", registry=r)
+        self._checkpoints = Counter("edxlive_checkpoints_written", "Checkpoints of the running scan written",
+                                    registry=r)
+        self._inbound = Counter("edxlive_inbound_disconnects", "Inbound connections dropped by ZeroMQ (an "
+                                "oversized message over MAXMSGSIZE, or the publisher going away)", registry=r)
+
+    def storage_failure(self, what: str) -> None:
+        self._storage.labels(what).inc()
+
+    def scans_unsaved(self, n: int) -> None:
+        self._unsaved.set(n)
+
+    def checkpoint_written(self) -> None:
+        self._checkpoints.inc()
+
+    def inbound_disconnected(self, n: int = 1) -> None:
+        self._inbound.inc(n)

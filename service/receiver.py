@@ -1,11 +1,16 @@
 """Inbound: the SUB socket that connects to the acquisition PC(s) and decodes what arrives.
 
-ZeroMQ's own MAXMSGSIZE drops an oversized message before it is read into memory (the peer is
-disconnected and reconnects); everything else is decoded and validated by protocol.decode.
+ZeroMQ's own MAXMSGSIZE drops an oversized message before it is read into memory. What ZeroMQ
+(4.3) then does is drastic: it treats the message as a protocol error and closes that connection
+*for good* (no automatic reconnect, unlike a network error), and the only sign of it is a
+DISCONNECTED event on the socket monitor. So the receiver watches its monitor, counts every
+disconnect, and reconnects the endpoint itself; the messages lost meanwhile show up as a seq gap.
+Everything else is decoded and validated by protocol.decode.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import zmq
@@ -22,8 +27,12 @@ class Receiver:
         # ingest must never drop what the network delivered: queue deep rather than discard
         self.socket.setsockopt(zmq.RCVHWM, 1_000_000)
         self.socket.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
+        self.monitor: zmq.Socket | None = None
+        if curve is not None:  # the CURVE setup owns this socket's one monitor (it counts refusals)
             curve.apply_inbound(self.socket)  # type: ignore[attr-defined]
+        else:
+            self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.disconnects = 0
         for topic in p.INBOUND_TOPICS:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         for endpoint in endpoints:
@@ -42,5 +51,26 @@ class Receiver:
             except p.ProtocolError as err:
                 yield err
 
+    def poll_monitor(self) -> int:
+        """Count dropped inbound connections and reconnect them; returns how many since the last call."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        n = 0
+        while self.monitor is not None and self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            n += 1
+            endpoint = event["endpoint"].decode()
+            if endpoint in self.endpoints:
+                with contextlib.suppress(zmq.ZMQError):  # already gone after a protocol error
+                    self.socket.disconnect(endpoint)
+                self.socket.connect(endpoint)
+        self.disconnects += n
+        return n
+
     def close(self) -> None:
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(0)
         self.socket.close(0)
