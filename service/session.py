@@ -152,6 +152,7 @@ class Engine:
         self.last_seq: dict[str, int] = {}
         self.ended: dict[str, Path] = {}  # scan_id -> folder, for late chunks and reanalysis
         self.refused: set[str] = set()
+        self.restarts: dict[str, p.ScanStart] = {}  # scan.start for a finished scan id, awaiting its chunk
         self.pending: dict[str, AnalysisJob] = {}
         self.history: list[dict[str, Any]] = []
         self.revisions: dict[str, int] = {}
@@ -231,10 +232,23 @@ class Engine:
             return self._check_repeat(h)
         if h.scan_id in self.refused:
             return []
+        if h.scan_id in self.ended and self._same_scan(h):
+            # The repeat before a late frame, or a new scan under a reused id? Its next chunk says:
+            # frame 0 begins the new scan, any later frame is late for the finished one.
+            self.restarts[h.scan_id] = h
+            return []
         effects: list[Effect] = []
         if self.scan is not None:
             effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
         return effects + self._begin(h)
+
+    def _same_scan(self, h: p.ScanStart) -> bool:
+        """Does this scan.start describe the finished scan of the same id (shape, channels, frames)?"""
+        entry = next((e for e in reversed(self.history) if e["scan_id"] == h.scan_id), None)
+        if entry is None:
+            return False
+        m = entry["meta"]
+        return (list(h.shape), h.channels, h.frames) == (list(m["shape"]), m["channels"], m["frames"])
 
     def _check_repeat(self, h: p.ScanStart) -> list[Effect]:
         s = self.scan.start  # type: ignore[union-attr]
@@ -274,7 +288,10 @@ class Engine:
         h: p.ScanChunk = msg.header  # type: ignore[assignment]
         scan = self.scan
         if scan is None or scan.scan_id != h.scan_id:
-            return self._stray_chunk(h)
+            effects = self._stray_chunk(h)
+            if self.scan is None or self.scan.scan_id != h.scan_id:
+                return effects
+            return effects + self._on_chunk(msg)  # the chunk that began a scan under a reused id
         try:
             p.check_chunk_against_scan(h, msg.arrays, scan.start)
         except p.ProtocolError as err:
@@ -298,6 +315,14 @@ class Engine:
         return effects
 
     def _stray_chunk(self, h: p.ScanChunk) -> list[Effect]:
+        reused = self.restarts.pop(h.scan_id, None) if h.frame == 0 else None
+        if reused is not None:
+            self.ended.pop(h.scan_id, None)
+            effects: list[Effect] = [LogEvent(logging.WARNING, f"scan id {h.scan_id} reused by a new scan; "
+                                              "the finished one keeps its own folder")]
+            if self.scan is not None:
+                effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
+            return effects + self._begin(reused)
         if h.scan_id in self.ended:
             self.counters.late += 1
             return self.reject(p.ProtocolError("late", f"chunk for scan {h.scan_id} after its scan.end"), h.scan_id)

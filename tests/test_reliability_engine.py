@@ -170,3 +170,24 @@ def test_a_file_where_the_folder_should_be_is_a_storage_failure_too(tmp_path: Pa
     np.testing.assert_array_equal(np.load(job.cube_path), offline_bin(cube.sum(axis=0), 2))
     doc = storage.result_document(job.meta, np.load(job.cube_path), None)
     assert json.loads(json.dumps(doc))["incomplete_fraction"] == 0.0
+
+
+def test_a_late_frame_after_scan_end_is_late_not_a_new_scan(tmp_path: Path, cube: np.ndarray) -> None:
+    engine, acq = Engine(_settings(tmp_path), Clock()), Acquisition(cube)
+    assert len(_jobs(_run(engine, [acq.start(), *[c for f in range(FRAMES) for c in acq.chunks(f)], acq.end()]))) == 1
+    effects = _run(engine, [acq.start(), *acq.chunks(1)])  # the repeat before a frame, and the frame: late
+    assert engine.scan is None and engine.counters.late == len(acq.chunks(1))
+    assert {e.reason for e in effects if hasattr(e, "reason")} == {"late"}
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_reused_scan_id_starts_a_new_scan_in_its_own_folder(tmp_path: Path, cube: np.ndarray) -> None:
+    engine, acq = Engine(_settings(tmp_path), Clock()), Acquisition(cube)
+    (first,) = _jobs(_run(engine, [acq.start(), *[c for f in range(FRAMES) for c in acq.chunks(f)], acq.end()]))
+    again = Acquisition(cube[::-1].copy(), source="acq-2")  # the same id, a new acquisition from frame 0
+    (second,) = _jobs(_run(engine, [again.start(), *[c for f in range(FRAMES) for c in again.chunks(f)],
+                                    again.end()]))
+    assert second.folder != first.folder and second.scan_id == first.scan_id == "s1"
+    np.testing.assert_array_equal(np.load(first.cube_path), offline_bin(cube.sum(axis=0), 2))
+    np.testing.assert_array_equal(np.load(second.cube_path), offline_bin(cube.sum(axis=0), 2))
+    assert second.meta.incomplete_fraction == 0.0

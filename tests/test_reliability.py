@@ -1,0 +1,113 @@
+"""The fault matrix with real processes: the daemon as a subprocess, real ZeroMQ sockets on
+ephemeral localhost ports, real files. docs/reliability.md lists each fault with its test and the
+measured outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import hyperspy.api as hs
+import numpy as np
+
+from edxlive.service import checkpoint
+from edxlive.service.pipeline.accumulate import offline_bin
+from tests import procs
+from tests.test_reliability_engine import immutable
+
+
+def _wait_file(folder_glob: Path, pattern: str, timeout: float = 120) -> Path:
+    return procs.wait_for(lambda: next(iter(sorted(folder_glob.glob(pattern))), None), timeout,
+                          what=f"{pattern} in {folder_glob}")
+
+
+def _checkpoint_events(data: Path) -> int:
+    paths = checkpoint.find(data)
+    if not paths:
+        return -1
+    try:
+        return int(checkpoint.read_header(paths[0])["events"])
+    except (OSError, ValueError, KeyError):  # replaced while we read it: try again
+        return -1
+
+
+def test_kill9_mid_scan_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    feeder = procs.Feeder("tiny", frames=3, seed=5, scan_id="kill9")
+    env = procs.fast_env(EDXLIVE_STORAGE__CHECKPOINT_INTERVAL_S="0.2")
+    daemon = procs.start_daemon(data, [feeder.endpoint], env=env)
+    try:
+        feeder.wait_subscribed()
+        feeder.send_frame(0)
+        kept = int(feeder.sent.sum())
+        procs.wait_for(lambda: _checkpoint_events(data) == kept, 30, what="a checkpoint with frame 0")
+        procs.kill9(daemon)
+        feeder.wait_unsubscribed()
+        before = feeder.sent.copy()
+        down = feeder.send_frame(1)  # nobody is listening: these are lost
+        lost = feeder.sent - before
+        assert lost.sum() > 0
+        daemon = procs.start_daemon(data, [feeder.endpoint], env=env)
+        feeder.wait_subscribed()
+        feeder.send_frame(2)
+        feeder.end()
+        zspy = _wait_file(data, "*_kill9/spectrum_image.zspy")
+        result = json.loads(_wait_file(data, "*_kill9/result.json").read_text())
+    finally:
+        procs.stop(daemon.proc)
+        feeder.close()
+    folders = sorted(data.glob("*_kill9*"))
+    assert len(folders) == 1, folders  # resumed into the same folder, not a second scan
+    counts = np.asarray(hs.load(zspy).data)
+    expected = offline_bin(feeder.sent - lost, result["binning"])
+    np.testing.assert_array_equal(counts, expected)  # everything sent, minus exactly the chunks sent while down
+    assert counts.sum() == feeder.sent.sum() - lost.sum()
+    assert abs(result["incomplete_fraction"] - 1 / 3) < 1e-12  # frame 1 reported missing, not zero-filled silently
+    log = (data / "daemon.log").read_text()
+    assert "resumed from its checkpoint" in log
+    gap = re.search(r"gap: (\d+) message\(s\) from " + feeder.pub.source, log)
+    assert gap is not None and int(gap.group(1)) == down
+    assert not checkpoint.find(data)
+
+
+def test_read_only_data_folder_then_flush_with_a_lost_frame_and_late_chunks(tmp_path: Path) -> None:
+    """The data folder turns read-only (chattr +i: root obeys it, unlike chmod) before the scan starts.
+    The scan is acquired in memory, the error is logged and counted, and `flush` writes it once
+    the folder is writable again. The same scan loses its whole frame 1 on the way and gets a
+    chunk after its scan.end."""
+    data = tmp_path / "data"
+    feeder = procs.Feeder("tiny", frames=3, seed=6, scan_id="ro")
+    daemon = procs.start_daemon(data, [feeder.endpoint], env=procs.fast_env())
+    try:
+        feeder.wait_subscribed()
+        with immutable(data):
+            feeder.send_frame(0)
+            feeder.send_frame(1, lose=True)  # a whole frame lost on the network
+            feeder.send_frame(2)
+            feeder.end()
+            accepted = feeder.sent.copy()
+            feeder.send_frame(1, pixels=(0, 64))  # after scan.end: rejected as late
+            procs.wait_for(lambda: procs.metric(daemon, "edxlive_storage_failures_total", what="save") >= 1, 30,
+                           what="the storage failure metric")
+            assert procs.metric(daemon, "edxlive_scans_unsaved") == 1
+            procs.wait_for(lambda: procs.metric(daemon, "edxlive_messages_rejected_total", reason="late") >= 2, 30,
+                           what="the late chunks counted")
+            refused = procs.request(daemon.control, "flush")
+            assert not refused["ok"] and refused["result"]["unsaved"] == ["ro"]
+            assert not list(data.glob("*_ro*"))
+        reply = procs.request(daemon.control, "flush")
+        assert reply["ok"], reply
+        zspy = _wait_file(data, "*_ro/spectrum_image.zspy")
+        result = json.loads(_wait_file(data, "*_ro/result.json").read_text())
+        assert procs.metric(daemon, "edxlive_scans_unsaved") == 0
+        assert procs.metric(daemon, "edxlive_chunks_missing_total") == 32
+    finally:
+        procs.stop(daemon.proc)
+        feeder.close()
+    np.testing.assert_array_equal(np.asarray(hs.load(zspy).data), offline_bin(accepted, result["binning"]))
+    assert abs(result["incomplete_fraction"] - 1 / 3) < 1e-12
+    log = (data / "daemon.log").read_text()
+    assert "cannot write its counts" in log and "Operation not permitted" in log
+    assert "counts written to" in log
