@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hyperspy.api as hs
 import numpy as np
+import pytest
 
 from edxlive.service import checkpoint
 from edxlive.service.pipeline.accumulate import offline_bin
@@ -111,3 +112,88 @@ def test_read_only_data_folder_then_flush_with_a_lost_frame_and_late_chunks(tmp_
     log = (data / "daemon.log").read_text()
     assert "cannot write its counts" in log and "Operation not permitted" in log
     assert "counts written to" in log
+
+
+STUCK_SUBSCRIBERS = """
+import sys, time, zmq
+ctx = zmq.Context()
+ctx.set(zmq.MAX_SOCKETS, 4096)
+socks = []
+for i in range(int(sys.argv[2])):
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 10)  # tiny queues, never read: the daemon's side fills up and must drop
+    s.setsockopt(zmq.RCVBUF, 4096)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    s.connect(sys.argv[1])
+    socks.append(s)
+print("connected", flush=True)
+time.sleep(3600)
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _stuck_clients(daemon: procs.Daemon, n: int, feeder: procs.Feeder, frames: int) -> tuple[float, float]:
+    """``n`` subscribers that never read, plus one dashboard-like reader that stops after a few
+    messages; the scan must still be ingested in full. Returns (RSS before, peak RSS during) in MiB."""
+    import subprocess
+
+    import zmq
+
+    stuck = subprocess.Popen([*procs.CMD[:1], "-c", STUCK_SUBSCRIBERS, daemon.runtime["pub"], str(n)],
+                             stdout=subprocess.PIPE, text=True)
+    dashboard = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        assert stuck.stdout is not None and stuck.stdout.readline().startswith("connected")
+        dashboard.setsockopt(zmq.SUBSCRIBE, b"")
+        dashboard.connect(daemon.runtime["pub"])
+        procs.wait_for(lambda: procs.metric(daemon, "edxlive_clients_connected") >= n + 1, 60,
+                       what=f"{n + 1} subscribers")
+        dashboard.recv_multipart()  # it read one update, then stopped reading for good
+        before = peak = _rss_mb(daemon.proc.pid)
+        feeder.wait_subscribed()
+        for f in range(frames):
+            feeder.send_frame(f)
+            peak = max(peak, _rss_mb(daemon.proc.pid))
+        feeder.end()
+        log = daemon.data_dir / "daemon.log"
+        procs.wait_for(lambda: f"{feeder.scan_id}: completed" in log.read_text(), 120, what="the scan to complete")
+        peak = max(peak, _rss_mb(daemon.proc.pid))
+        return before, peak
+    finally:
+        dashboard.close(0)
+        stuck.kill()
+        stuck.wait()
+        stuck.stdout.close()  # type: ignore[union-attr]
+
+
+def _slow_client_case(tmp_path: Path, n: int, frames: int) -> None:
+    data = tmp_path / "data"
+    feeder = procs.Feeder("tiny", frames=frames, seed=7, scan_id=f"stuck{n}")
+    # Updates as often as the daemon allows, so the stuck queues fill within the scan.
+    env = procs.fast_env(EDXLIVE_OUTBOUND__PROGRESS_INTERVAL_S="0.01", EDXLIVE_OUTBOUND__LIVE_INTERVAL_S="0.05")
+    daemon = procs.start_daemon(data, [feeder.endpoint], env=env)
+    try:
+        before, peak = _stuck_clients(daemon, n, feeder, frames)
+        line = next(ln for ln in (data / "daemon.log").read_text().splitlines() if f"{feeder.scan_id}: completed" in ln)
+    finally:
+        procs.stop(daemon.proc)
+        feeder.close()
+    events = int(re.search(r"completed, (\d+) events", line).group(1))  # type: ignore[union-attr]
+    assert events == int(feeder.sent.sum())  # every count ingested, none waited for a client
+    assert "incomplete 0.00%" in line
+    print(f"{n} stuck subscribers: daemon RSS {before:.0f} MiB before, peak {peak:.0f} MiB during the scan")
+    assert peak - before < 150, (before, peak)
+
+
+def test_stuck_subscribers_never_stall_ingest(tmp_path: Path) -> None:
+    _slow_client_case(tmp_path, 200, frames=10)
+
+
+@pytest.mark.slow
+def test_a_thousand_stuck_subscribers_never_stall_ingest(tmp_path: Path) -> None:
+    _slow_client_case(tmp_path, 1000, frames=30)
