@@ -578,6 +578,7 @@ class Engine:
             entry["finished"] = time.time()
             entry["analysis"] = "failed" if failed else "ok"
         doc: dict[str, Any] = {} if failed else outcome  # type: ignore[assignment]
+        effects: list[Effect] = self._record_failure(job, reason) if failed else []
         fields = dict(scan_id=job.scan_id, revision=job.revision, status="failed" if failed else "ok",
                       reason=reason, workflows=doc.get("workflows", {}), agreement=doc.get("agreement", {}),
                       verdict=doc.get("verdict", {}), energy_offset_kev=job.meta.energy_offset_kev,
@@ -586,10 +587,23 @@ class Engine:
         level = logging.ERROR if failed else logging.INFO
         outcome = f"failed: {reason}" if failed else "done"
         text = f"scan {job.scan_id}: analysis {outcome} (revision {job.revision})"
-        return [LogEvent(level, text), Publish(p.ScanResult, fields, _result_arrays(job.folder, doc)),
+        return [*effects, LogEvent(level, text), Publish(p.ScanResult, fields, _result_arrays(job.folder, doc)),
                 Publish(p.ScanFinished, dict(scan_id=job.scan_id, status=job.meta.status if not failed else "failed",
                                              folder=str(job.folder), paths=paths,
                                              incomplete_fraction=job.meta.incomplete_fraction))]
+
+    def _record_failure(self, job: AnalysisJob, reason: str | None) -> list[Effect]:
+        """A failed analysis still leaves a result.json that says so, unless an earlier revision's stands."""
+        path = job.folder / storage.RESULT_JSON
+        if path.exists() and job.revision > 0:
+            return []
+        try:
+            cube = np.load(job.cube_path, mmap_mode="r") if job.cube_path and job.cube_path.exists() else np.zeros(0)
+            storage.write_result_json(job.folder, storage.result_document(
+                job.meta, cube, {"analysis": "failed", "analysis_error": reason, "revision": job.revision}))
+        except OSError as exc:
+            return [StorageFailure(job.scan_id, "save", f"scan {job.scan_id}: cannot write result.json ({exc})", True)]
+        return []
 
     def reanalyze(self, scan_id: str | None, params: dict[str, Any]) -> list[Effect]:
         entry = next((e for e in reversed(self.history) if scan_id in (None, e["scan_id"])), None)

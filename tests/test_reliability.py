@@ -197,3 +197,57 @@ def test_stuck_subscribers_never_stall_ingest(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_thousand_stuck_subscribers_never_stall_ingest(tmp_path: Path) -> None:
     _slow_client_case(tmp_path, 1000, frames=30)
+
+
+def _analysis_workers(daemon: procs.Daemon) -> list:
+    import psutil
+
+    kids = psutil.Process(daemon.proc.pid).children(recursive=True)
+    return [k for k in kids if "spawn_main" in " ".join(k.cmdline())]
+
+
+def test_analysis_exception_and_killed_worker_fail_the_result_then_reanalyze_succeeds(tmp_path: Path) -> None:
+    """An exception inside the analysis (an unknown element in the config) and a worker killed with
+    SIGKILL mid-analysis: the counts are saved, result.json says failed and why, the next scan is
+    acquired, and `reanalyze` with good parameters succeeds for both."""
+    data = tmp_path / "data"
+    first = procs.Feeder("tiny", frames=2, seed=8, scan_id="fail-exc")
+    second = procs.Feeder("tiny", frames=2, seed=9, scan_id="fail-kill", source_id="acq-second")
+    env = procs.fast_env(EDXLIVE_QUANT__ELEMENTS='["Xx"]')
+    daemon = procs.start_daemon(data, [first.endpoint, second.endpoint], env=env)
+    log = data / "daemon.log"
+    try:
+        first.wait_subscribed()
+        for f in range(2):
+            first.send_frame(f)
+        first.end()
+        procs.wait_for(lambda: "fail-exc: analysis failed" in log.read_text(), 120, what="the first analysis to fail")
+        exc_result = json.loads(_wait_file(data, "*_fail-exc/result.json").read_text())
+        second.wait_subscribed()
+        for f in range(2):
+            second.send_frame(f)
+        second.end()
+        procs.wait_for(lambda: "fail-kill: completed" in log.read_text(), 60, what="the second scan")
+        workers = procs.wait_for(lambda: _analysis_workers(daemon), 30, what="an analysis worker")
+        for w in workers:
+            w.kill()
+        procs.wait_for(lambda: "fail-kill: analysis failed" in log.read_text(), 120, what="the killed analysis")
+        kill_result = json.loads(_wait_file(data, "*_fail-kill/result.json").read_text())
+        for scan_id in ("fail-exc", "fail-kill"):
+            reply = procs.request(daemon.control, "reanalyze", {"scan_id": scan_id, "elements": ["Cu", "Zn", "S"]})
+            assert reply["ok"] and reply["result"]["revision"] == 1, reply
+        procs.wait_for(lambda: log.read_text().count("analysis done (revision 1)") == 2, 180, what="two reanalyses")
+        retried = {sid: json.loads(next(data.glob(f"*_{sid}/result.json")).read_text())
+                   for sid in ("fail-exc", "fail-kill")}
+    finally:
+        procs.stop(daemon.proc)
+        first.close()
+        second.close()
+    assert exc_result["analysis"] == "failed" and "unknown element 'Xx'" in exc_result["analysis_error"]
+    assert kill_result["analysis"] == "failed" and "BrokenProcessPool" in kill_result["analysis_error"]
+    for sid, feeder in (("fail-exc", first), ("fail-kill", second)):
+        doc = retried[sid]
+        assert doc["revision"] == 1 and "pca_gmm" in doc["workflows"]
+        counts = np.asarray(hs.load(next(data.glob(f"*_{sid}/spectrum_image.zspy"))).data)
+        np.testing.assert_array_equal(counts, offline_bin(feeder.sent, doc["binning"]))  # nothing lost on the way
+    assert "analysis worker died; restarting the pool" in log.read_text()
