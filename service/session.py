@@ -152,6 +152,7 @@ class Engine:
         self.last_seq: dict[str, int] = {}
         self.ended: dict[str, Path] = {}  # scan_id -> folder, for late chunks and reanalysis
         self.refused: set[str] = set()
+        self.logged: set[tuple[str | None, str]] = set()  # rejections logged for scans not being acquired
         self.restarts: dict[str, p.ScanStart] = {}  # scan.start for a finished scan id, awaiting its chunk
         self.pending: dict[str, AnalysisJob] = {}
         self.history: list[dict[str, Any]] = []
@@ -219,11 +220,14 @@ class Engine:
     def reject(self, err: p.ProtocolError, scan_id: str | None = None) -> list[Effect]:
         self.counters.rejected[err.reason] = self.counters.rejected.get(err.reason, 0) + 1
         scan = self.scan if self.scan is not None and scan_id in (None, self.scan.scan_id) else None
-        first = True
         if scan is not None:
             scan.rejected += 1
             first = err.reason not in scan.reasons_logged
             scan.reasons_logged.add(err.reason)
+        else:  # a finished, refused or unknown scan: still log each reason once per scan id
+            first = (scan_id, err.reason) not in self.logged
+            if len(self.logged) < 10_000:  # bounded: a flood of made-up ids cannot grow it for ever
+                self.logged.add((scan_id, err.reason))
         return [Rejection(err.reason, err.detail, scan_id, first)]
 
     def _on_start(self, msg: p.Message) -> list[Effect]:

@@ -7,6 +7,7 @@ reads back the ports it bound (the simulator prints ``endpoint: ...``; the daemo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,8 +230,35 @@ class Feeder:
         self.pub.end(self.scan_id, frames_completed if frames_completed is not None else len(self.scan.frames))
         self.messages += 1
 
+    def restart(self, source_id: str) -> None:
+        """The acquisition software restarts: a new socket on the same port, a new ``source``, seq from 1."""
+        from edxlive.clients.publisher import AcquisitionPublisher
+
+        endpoint = self.endpoint
+        self.pub.close()
+
+        def rebind() -> AcquisitionPublisher | None:
+            try:
+                return AcquisitionPublisher(endpoint, source=source_id)
+            except Exception:  # the old socket may hold the port for a moment
+                return None
+
+        self.pub = wait_for(rebind, 30, 0.1, f"rebinding {endpoint}")
+
     def close(self) -> None:
         self.pub.close()
+
+
+def kill_tree(daemon: Daemon) -> None:
+    """SIGKILL the daemon and its analysis workers (a test that needs no analysis result)."""
+    import psutil
+
+    kids = psutil.Process(daemon.proc.pid).children(recursive=True)
+    daemon.proc.kill()
+    for kid in kids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kid.kill()
+    daemon.proc.wait(30)
 
 
 def kill9(daemon: Daemon) -> None:

@@ -251,3 +251,65 @@ def test_analysis_exception_and_killed_worker_fail_the_result_then_reanalyze_suc
         counts = np.asarray(hs.load(next(data.glob(f"*_{sid}/spectrum_image.zspy"))).data)
         np.testing.assert_array_equal(counts, offline_bin(feeder.sent, doc["binning"]))  # nothing lost on the way
     assert "analysis worker died; restarting the pool" in log.read_text()
+
+
+def _ended(log: str, scan_id: str) -> tuple[str, int, float]:
+    """(status, events, incomplete %) from the daemon's scan-end log line."""
+    m = re.search(rf"scan {scan_id}: (completed|aborted).*?, (\d+) events, incomplete ([\d.]+)%", log)
+    assert m is not None, f"no end line for {scan_id}"
+    return m.group(1), int(m.group(2)), float(m.group(3))
+
+
+def test_sender_faults_late_join_publisher_restart_two_publishers_reused_id(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    one = procs.Feeder("tiny", frames=3, seed=10, scan_id="join", source_id="acq-one")
+    two = procs.Feeder("tiny", frames=2, seed=11, scan_id="other", source_id="acq-two")
+    # Late join: frame 0 goes out before any daemon listens.
+    one.send_frame(0)
+    before_daemon = int(one.sent.sum())
+    daemon = procs.start_daemon(data, [one.endpoint, two.endpoint], env=procs.fast_env())
+    log = data / "daemon.log"
+    try:
+        one.wait_subscribed()
+        two.wait_subscribed()
+        one.send_frame(1)  # joined at this frame's repeated scan.start
+        # The acquisition software restarts mid-scan: same port, new source id, seq from 1.
+        one.restart("acq-one-restarted")
+        one.wait_subscribed()
+        one.send_frame(2)
+        one.end()
+        procs.wait_for(lambda: "scan join: completed" in log.read_text(), 60, what="the late-joined scan")
+        # Two publishers at once: "other" starts while "again" (a reused-id scan, below) is running.
+        one.scan_id = one.fields["scan_id"] = "join"  # reused id: a new acquisition under the same name
+        reused_before = one.sent.copy()
+        one.send_frame(0)
+        two.send_frame(0)  # supersedes "join" (reused)
+        one.send_frame(1)  # the superseded publisher goes on: late, counted, not mixed into "other"
+        two.send_frame(1)
+        two.end()
+        procs.wait_for(lambda: "scan other: completed" in log.read_text(), 60, what="the second publisher's scan")
+        text = log.read_text()
+        late = procs.metric(daemon, "edxlive_messages_rejected_total", reason="late")
+        missing = procs.metric(daemon, "edxlive_chunks_missing_total")
+    finally:
+        procs.kill_tree(daemon)
+        one.close()
+        two.close()
+    status, events, incomplete = _ended(text, "join")
+    assert status == "completed" and events == int(reused_before.sum()) - before_daemon
+    assert incomplete == 33.33  # frame 0 was sent before the daemon listened: reported, not zero-filled
+    assert missing == 0  # a restarted publisher (new source) is not a gap
+    second_join = text[text.index("scan join: completed") + 1:]
+    status, events, _ = _ended(second_join, "join")  # the reused id: its own scan, superseded by "other"
+    assert status == "aborted" and "superseded by scan other" in second_join
+    # The daemon reads both publishers fairly, so "other" starts somewhere inside the reused scan's
+    # frame 0: the rows before that are kept, the rest of its chunks are rejected as late.
+    aborted = next(line for line in second_join.splitlines() if "scan join: aborted" in line)
+    lost_px = re.search(r"missing pixels by frame \{0: (\d+)\}", aborted)
+    kept_px = 32 * 32 - (int(lost_px.group(1)) if lost_px else 0)
+    assert events == one.scan.frames[0].events(0, kept_px)[0].size
+    assert late == (32 * 32 - kept_px) // 32 + 32  # the rest of frame 0, and all of frame 1
+    assert text.count("rejected (late) in scan join") == 1  # logged once, counted every time
+    assert len(list(data.glob("*_join*"))) == 2  # the reused id got a folder of its own
+    status, events, incomplete = _ended(text, "other")
+    assert (status, events, incomplete) == ("completed", int(two.sent.sum()), 0.0)
