@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import hyperspy.api as hs
@@ -313,3 +314,51 @@ def test_sender_faults_late_join_publisher_restart_two_publishers_reused_id(tmp_
     assert len(list(data.glob("*_join*"))) == 2  # the reused id got a folder of its own
     status, events, incomplete = _ended(text, "other")
     assert (status, events, incomplete) == ("completed", int(two.sent.sum()), 0.0)
+
+
+def test_limits_refuse_at_scan_start_and_oversized_messages_are_dropped_and_counted(tmp_path: Path) -> None:
+    from edxlive.clients.publisher import AcquisitionPublisher
+
+    data = tmp_path / "data"
+    pub = AcquisitionPublisher("tcp://127.0.0.1:0", source="acq-limits")
+    env = procs.fast_env(EDXLIVE_LIMITS__MAX_PIXELS="512", EDXLIVE_LIMITS__MEMORY_BUDGET_BYTES=str(2**20),
+                         EDXLIVE_LIMITS__MAX_MESSAGE_BYTES=str(64 * 1024))
+    daemon = procs.start_daemon(data, [pub.endpoint], env=env)
+    base = dict(energy_offset_kev=0.0, energy_scale_kev=0.01, frames=1)
+    rng = np.random.default_rng(12)
+    try:
+        assert pub.wait_for_subscribers(1, 60)
+        time_zero = procs.metric(daemon, "edxlive_messages_rejected_total", reason="out_of_range")
+        pub.start(scan_id="too-many-pixels", shape=[32, 32], channels=1024, **base)
+        pub.start(scan_id="over-budget", shape=[16, 32], channels=4096, **base)
+        pub.chunk_events("over-budget", 0, 0, 32, np.zeros(5, "<u4"), np.zeros(5, "<u2"))  # never allocated
+        pub.start(scan_id="fits", shape=[16, 32], channels=1024, **base)
+        sent = 0
+        for row in range(16):
+            if row == 8:  # 32 px x 1024 channels x 4 bytes = 128 KiB, over MAXMSGSIZE 64 KiB
+                pub.chunk_dense("fits", 0, row * 32, np.ones((32, 1024), "<u4"))
+                procs.wait_for(lambda: procs.metric(daemon, "edxlive_inbound_disconnects_total") >= 1, 30,
+                               what="the dropped connection to be counted")
+                time.sleep(0.5)  # the daemon reconnects; what is sent meanwhile is lost (and counted by seq)
+                pub.start(scan_id="fits", shape=[16, 32], channels=1024, **base)
+                continue
+            n = int(rng.integers(50, 100))
+            pub.chunk_events("fits", 0, row * 32, 32, rng.integers(0, 32, n).astype("<u4"),
+                             rng.integers(0, 1024, n).astype("<u2"))
+            sent += n
+        pub.end("fits", frames_completed=1)
+        log = data / "daemon.log"
+        procs.wait_for(lambda: "scan fits: completed" in log.read_text(), 60, what="the scan that fits")
+        text = log.read_text()
+        out_of_range = procs.metric(daemon, "edxlive_messages_rejected_total", reason="out_of_range") - time_zero
+        limits = procs.metric(daemon, "edxlive_messages_rejected_total", reason="limits")
+        disconnects = procs.metric(daemon, "edxlive_inbound_disconnects_total")
+        missing = procs.metric(daemon, "edxlive_chunks_missing_total")
+    finally:
+        procs.kill_tree(daemon)
+        pub.close()
+    assert out_of_range == 1 and "scan of 1024 pixels exceeds the limit 512" in text
+    assert limits == 1 and "over the memory budget" in text and "acquiring 16x32x4096" not in text
+    assert disconnects == 1 and missing >= 1
+    status, events, incomplete = _ended(text, "fits")
+    assert status == "completed" and events == sent and incomplete == 6.25  # the dropped row: reported
