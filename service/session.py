@@ -72,6 +72,7 @@ class StorageFailure:
 
 Effect = Publish | AnalysisJob | Rejection | LogEvent | StorageFailure
 
+MAX_KEV = 1000.0  # an energy axis beyond this is not an X-ray spectrum (a 300 kV beam tops out at 300)
 RETRY_S = 2.0  # how often unsaved scans are retried (a `flush` request retries at once)
 
 
@@ -262,6 +263,13 @@ class Engine:
         return []
 
     def _begin(self, h: p.ScanStart) -> list[Effect]:
+        top = h.energy_offset_kev + h.energy_scale_kev * h.channels
+        if not (-MAX_KEV < h.energy_offset_kev < MAX_KEV and 0 < top < MAX_KEV):
+            self.refused.add(h.scan_id)
+            return self.reject(p.ProtocolError("out_of_range", f"scan {h.scan_id}: energy axis {h.energy_offset_kev:g} "
+                                               f"+ {h.energy_scale_kev:g} keV x {h.channels} channels is not an X-ray "
+                                               f"spectrum (must end between 0 and {MAX_KEV:g} keV); check the "
+                                               "calibration sent in scan.start"), h.scan_id)
         need = Accumulator.nbytes_for(tuple(h.shape), h.channels, self.settings.binning.factor, h.frames)  # type: ignore[arg-type]
         budget = self.settings.limits.memory_budget_bytes
         if need > budget:
@@ -339,7 +347,8 @@ class Engine:
         h: p.ScanEnd = msg.header  # type: ignore[assignment]
         if self.scan is None or self.scan.scan_id != h.scan_id:
             return []
-        self.scan.meta.frames_completed = h.frames_completed
+        # the publisher's own count, clamped: a wrong or hostile number must not distort the dose
+        self.scan.meta.frames_completed = min(h.frames_completed, self.scan.start.frames)
         return self._finish(h.status, h.reason)
 
     # ------------------------------------------------------------------ time
