@@ -81,3 +81,41 @@ def find(data_dir: Path) -> list[Path]:
 
 def remove(folder: Path) -> None:
     path_in(folder).unlink(missing_ok=True)
+
+
+class Writer:
+    """Writes checkpoints on a background thread, one at a time, so a large cube never stalls ingest.
+
+    The engine hands over copies (``submit``); results come back through ``poll``. A submission
+    while a write is still running is refused, and the engine simply tries again at the next tick.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edxlive-checkpoint")
+        self._running: tuple[str, Any] | None = None  # (scan_id, future)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None and not self._running[1].done()
+
+    def submit(self, scan_id: str, folder: Path, ck: Checkpoint) -> bool:
+        if self.busy:
+            return False
+        self._running = (scan_id, self._pool.submit(save, folder, ck))
+        return True
+
+    def poll(self) -> list[tuple[str, BaseException | None]]:
+        """The finished write, if any: (scan_id, None) or (scan_id, the exception)."""
+        if self._running is None or not self._running[1].done():
+            return []
+        scan_id, fut = self._running
+        self._running = None
+        return [(scan_id, fut.exception())]
+
+    def wait(self) -> list[tuple[str, BaseException | None]]:
+        """Block until the running write (if any) is done; its result as ``poll`` gives it."""
+        if self._running is not None:
+            self._running[1].exception()  # waits, never raises the write's own error
+        return self.poll()

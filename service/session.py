@@ -25,7 +25,7 @@ from edxlive.service import protocol as p
 from edxlive.service.config import Settings
 from edxlive.service.pipeline.accumulate import Accumulator
 from edxlive.service.pipeline.livepca import LivePCA
-from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
+from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta, binned_shape
 
 
 @dataclass
@@ -162,6 +162,7 @@ class Engine:
         self.resumable: dict[str, tuple[Path, float]] = {}  # scan_id -> (folder, resume deadline)
         self.unsaved: dict[str, Scan] = {}  # finished scans whose files could not be written yet
         self._next_checkpoint = self._next_retry = 0.0
+        self.writer = checkpoint.Writer()
 
     # ------------------------------------------------------------------ state
 
@@ -271,6 +272,9 @@ class Engine:
                                                f"spectrum (must end between 0 and {MAX_KEV:g} keV); check the "
                                                "calibration sent in scan.start"), h.scan_id)
         need = Accumulator.nbytes_for(tuple(h.shape), h.channels, self.settings.binning.factor, h.frames)  # type: ignore[arg-type]
+        if self.settings.storage.checkpoint_interval_s > 0:  # the checkpoint writer works on a copy of the cube
+            nb = binned_shape(tuple(h.shape), self.settings.binning.factor)  # type: ignore[arg-type]
+            need += nb[0] * nb[1] * h.channels * 4
         budget = self.settings.limits.memory_budget_bytes
         if need > budget:
             self.refused.add(h.scan_id)
@@ -366,7 +370,7 @@ class Engine:
 
     def _housekeeping(self) -> list[Effect]:
         """Retry unsaved scans; finish checkpoints whose scan did not come back after a restart."""
-        now, effects = self.clock(), []
+        now, effects = self.clock(), self._checkpoint_results(self.writer.poll())
         if self.unsaved and now >= self._next_retry:
             self._next_retry = now + RETRY_S
             effects += self.flush()
@@ -465,6 +469,7 @@ class Engine:
         if self.unsaved.pop(scan.scan_id, None) is not None:
             effects.append(LogEvent(logging.WARNING, f"scan {scan.scan_id}: counts written to {scan.folder} "
                                                      "after the storage failure"))
+        effects += self._checkpoint_results(self.writer.wait())  # a write in flight must not outlive the scan
         checkpoint.remove(scan.folder)  # the saved cube supersedes it
         return [*effects, self._job(scan.scan_id, scan.folder, scan.meta, cube_path, dose_path, {})]
 
@@ -477,24 +482,40 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self) -> list[Effect]:
-        """Write the running scan's checkpoint, if anything changed since the last one."""
+    def checkpoint(self, wait: bool = False) -> list[Effect]:
+        """Start writing the running scan's checkpoint (a copy, on the writer thread), if anything
+        changed since the last one; ``wait``: finish it before returning (tests, a crash simulation)."""
+        effects = self._checkpoint_results(self.writer.poll())
         scan = self.scan
-        if scan is None or not scan.dirty:
-            return []
-        ck = checkpoint.Checkpoint(scan.start, scan.acc.cube, scan.acc.coverage, scan.frame, scan.gaps,
-                                   scan.duplicates, scan.rejected, dict(self.last_seq), scan.acc.events)
-        try:
-            scan.folder.mkdir(parents=True, exist_ok=True)
-            checkpoint.save(scan.folder, ck)
-        except OSError as exc:
-            first = "checkpoint" not in scan.failures
-            scan.failures.add("checkpoint")
-            return [StorageFailure(scan.scan_id, "checkpoint", f"scan {scan.scan_id}: cannot write a checkpoint "
-                                   f"to {scan.folder} ({exc}); the counts are safe in memory, retrying", first)]
-        scan.dirty = False
-        self.counters.checkpoints += 1
-        return []
+        if scan is not None and scan.dirty and not self.writer.busy:
+            try:
+                scan.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return effects + self._checkpoint_results([(scan.scan_id, exc)])
+            ck = checkpoint.Checkpoint(scan.start, scan.acc.cube.copy(), scan.acc.coverage.copy(), scan.frame,
+                                       scan.gaps, scan.duplicates, scan.rejected, dict(self.last_seq), scan.acc.events)
+            self.writer.submit(scan.scan_id, scan.folder, ck)
+            scan.dirty = False
+        if wait:
+            effects += self._checkpoint_results(self.writer.wait())
+        return effects
+
+    def _checkpoint_results(self, results: list[tuple[str, BaseException | None]]) -> list[Effect]:
+        effects: list[Effect] = []
+        for scan_id, exc in results:
+            scan = self.scan if self.scan is not None and self.scan.scan_id == scan_id else None
+            if exc is None:
+                self.counters.checkpoints += 1
+                continue
+            if scan is not None:
+                scan.dirty = True  # try again at the next interval
+            first = scan is None or "checkpoint" not in scan.failures
+            if scan is not None:
+                scan.failures.add("checkpoint")
+            effects.append(StorageFailure(scan_id, "checkpoint", f"scan {scan_id}: cannot write a checkpoint "
+                                          f"({type(exc).__name__}: {exc}); the counts are safe in memory, retrying",
+                                          first))
+        return effects
 
     def load_checkpoints(self, data_dir: Path) -> list[Effect]:
         """At start-up: scans a previous daemon left unfinished. Each resumes when its publisher

@@ -52,7 +52,8 @@ def test_checkpoint_then_restart_resumes_with_the_missed_chunks_as_a_gap(tmp_pat
     first, acq = Engine(_settings(tmp_path), clock), Acquisition(cube)
     _run(first, [acq.start(), *acq.chunks(0)])
     clock.now += 2
-    first.tick()  # the periodic checkpoint
+    first.tick()  # the periodic checkpoint, written on the writer thread
+    first.checkpoint(wait=True)
     folder = first.scan.folder  # type: ignore[union-attr]
     assert checkpoint.path_in(folder).exists()
     # kill -9: the first engine is gone. Frame 1 is sent while nothing listens.
@@ -77,6 +78,7 @@ def test_resumed_live_pca_equals_one_fed_everything(tmp_path: Path, cube: np.nda
     _run(first, [acq.start(), *acq.chunks(0), *acq.chunks(1)])
     clock.now += 2
     first.tick()
+    first.checkpoint(wait=True)
     second = Engine(_settings(tmp_path), clock)
     second.load_checkpoints(tmp_path)
     _run(second, [acq.start(), *acq.chunks(2)])
@@ -97,6 +99,7 @@ def test_a_checkpoint_that_never_resumes_is_finished_as_aborted(tmp_path: Path, 
     _run(first, [acq.start(), *acq.chunks(0)])
     clock.now += 2
     first.tick()
+    first.checkpoint(wait=True)
     second = Engine(_settings(tmp_path), clock)
     second.load_checkpoints(tmp_path)
     assert not _jobs(second.tick())
@@ -113,6 +116,7 @@ def test_a_reused_scan_id_after_a_restart_does_not_mix_two_scans(tmp_path: Path,
     _run(first, [acq.start(), *acq.chunks(0)])
     clock.now += 2
     first.tick()
+    first.checkpoint(wait=True)
     second = Engine(_settings(tmp_path), clock)
     second.load_checkpoints(tmp_path)
     other = acq.msg(p.ScanStart, scan_id="s1", shape=(4, 4), channels=CHANNELS, energy_offset_kev=0.0,

@@ -175,7 +175,7 @@ def _run_sequence(sequence: list[tuple[str, Any]]) -> None:
             elif kind == "seq":
                 seqs[source] = max(0, seqs[source] + arg)
             elif kind == "crash":  # kill -9 after a checkpoint: a new engine finds it and resumes
-                engine.checkpoint()
+                engine.checkpoint(wait=True)
                 engine = Engine(config, lambda: clock[0])
                 engine.load_checkpoints(Path(tmp))
             else:
