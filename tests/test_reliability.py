@@ -274,6 +274,10 @@ def test_sender_faults_late_join_publisher_restart_two_publishers_reused_id(tmp_
         one.wait_subscribed()
         two.wait_subscribed()
         one.send_frame(1)  # joined at this frame's repeated scan.start
+        one.pub.repeat_last()  # a duplicate on the wire (same seq)
+        kept = one.sent.copy()
+        one.send_frame(1, pixels=(0, 32))  # a chunk sent again with a new seq: a duplicate by coverage
+        one.sent = kept
         # The acquisition software restarts mid-scan: same port, new source id, seq from 1.
         one.restart("acq-one-restarted")
         one.wait_subscribed()
@@ -292,10 +296,12 @@ def test_sender_faults_late_join_publisher_restart_two_publishers_reused_id(tmp_
         text = log.read_text()
         late = procs.metric(daemon, "edxlive_messages_rejected_total", reason="late")
         missing = procs.metric(daemon, "edxlive_chunks_missing_total")
+        duplicated = procs.metric(daemon, "edxlive_chunks_duplicated_total")
     finally:
         procs.kill_tree(daemon)
         one.close()
         two.close()
+    assert duplicated == 2  # both duplicates counted, neither added (the event count below is exact)
     status, events, incomplete = _ended(text, "join")
     assert status == "completed" and events == int(reused_before.sum()) - before_daemon
     assert incomplete == 33.33  # frame 0 was sent before the daemon listened: reported, not zero-filled
