@@ -191,6 +191,7 @@ def _run_sequence(sequence: list[tuple[str, Any]]) -> None:
                 last = frames
                 _deliver(engine, model, frames)
             _check_running(engine, model)
+        engine.writer.wait()  # a checkpoint still being written must not race the folder's removal
 
 
 def _deliver(engine: Engine, model: Model, frames: list[bytes]) -> None:
