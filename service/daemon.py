@@ -46,6 +46,10 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.add_reliability_metrics()
         self.engine = Engine(settings)
+        if settings.live.element_maps:  # the line database imports exspy: seconds, so before READY, not mid-scan
+            from edxlive.service.pipeline.xray import known_elements
+
+            known_elements()
         self.curve = _curve(settings, self.ctx, self.metrics)
         self.outbound = Outbound(self.ctx, settings.outbound.pub, settings.outbound.control, settings.outbound.sndhwm,
                                  p.new_source_id("edxlive"), curve=self.curve)
@@ -159,11 +163,15 @@ class Daemon:
 
     def publish_status(self) -> None:
         self.outbound.poll_monitor()
-        dropped = self.receiver.poll_monitor()
-        if dropped:
-            self.metrics.inbound_disconnected(dropped)
-            log.warning("%d inbound connection(s) dropped (a message over limits.max_message_bytes, or the "
-                        "publisher went away); reconnected, anything lost meanwhile shows as a seq gap", dropped)
+        self.metrics.inbound_disconnected(self.receiver.poll_monitor())
+        for endpoint in self.receiver.abandoned():
+            for _ in range(1000):  # what that connection delivered is queued: read it all before reconnecting
+                if not self.receiver.pending():
+                    break
+                self.ingest()
+            self.receiver.reconnect(endpoint)
+            log.warning("inbound connection to %s was closed by ZeroMQ and not retried (a message over "
+                        "limits.max_message_bytes?); reconnected, anything lost shows as a seq gap", endpoint)
         if self.curve is not None:
             self.curve.poll()  # count refused handshakes, reconnect publishers, re-read key folders
         self.metrics.clients_connected(self.outbound.clients)

@@ -278,8 +278,8 @@ class Engine:
         budget = self.settings.limits.memory_budget_bytes
         if need > budget:
             self.refused.add(h.scan_id)
-            return self.reject(p.ProtocolError("limits", f"scan {h.scan_id} needs {need / 2**30:.2f} GiB, over the "
-                                               f"memory budget {budget / 2**30:.2f} GiB; bin more or raise "
+            return self.reject(p.ProtocolError("limits", f"scan {h.scan_id} needs {_size(need)}, over the memory "
+                                               f"budget {_size(budget)}; bin more or raise "
                                                "limits.memory_budget_bytes"), h.scan_id)
         effects: list[Effect] = []
         try:
@@ -649,6 +649,10 @@ class Engine:
         dose = folder / storage.DOSE_NPY
         return [self._job(entry["scan_id"], folder, meta, cube if cube.exists() else None,
                           dose if dose.exists() else None, params)]
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _lost_fraction(acc: Accumulator, frame: int) -> float:

@@ -327,7 +327,7 @@ def test_limits_refuse_at_scan_start_and_oversized_messages_are_dropped_and_coun
 
     data = tmp_path / "data"
     pub = AcquisitionPublisher("tcp://127.0.0.1:0", source="acq-limits")
-    env = procs.fast_env(EDXLIVE_LIMITS__MAX_PIXELS="512", EDXLIVE_LIMITS__MEMORY_BUDGET_BYTES=str(2**20),
+    env = procs.fast_env(EDXLIVE_LIMITS__MAX_PIXELS="512", EDXLIVE_LIMITS__MEMORY_BUDGET_BYTES=str(2**21),
                          EDXLIVE_LIMITS__MAX_MESSAGE_BYTES=str(64 * 1024))
     daemon = procs.start_daemon(data, [pub.endpoint], env=env)
     base = dict(energy_offset_kev=0.0, energy_scale_kev=0.01, frames=1)
@@ -345,7 +345,9 @@ def test_limits_refuse_at_scan_start_and_oversized_messages_are_dropped_and_coun
                 pub.chunk_dense("fits", 0, row * 32, np.ones((32, 1024), "<u4"))
                 procs.wait_for(lambda: procs.metric(daemon, "edxlive_inbound_disconnects_total") >= 1, 30,
                                what="the dropped connection to be counted")
-                time.sleep(0.5)  # the daemon reconnects; what is sent meanwhile is lost (and counted by seq)
+                procs.wait_for(lambda: "closed by ZeroMQ and not retried" in (data / "daemon.log").read_text(), 30,
+                               what="the daemon to reconnect")
+                time.sleep(0.5)  # the TCP and ZMTP handshakes; what is sent before is lost (and counted by seq)
                 pub.start(scan_id="fits", shape=[16, 32], channels=1024, **base)
                 continue
             n = int(rng.integers(50, 100))
