@@ -485,7 +485,7 @@ class Engine:
     def checkpoint(self, wait: bool = False) -> list[Effect]:
         """Start writing the running scan's checkpoint (a copy, on the writer thread), if anything
         changed since the last one; ``wait``: finish it before returning (tests, a crash simulation)."""
-        effects = self._checkpoint_results(self.writer.poll())
+        effects = self._checkpoint_results(self.writer.wait() if wait else self.writer.poll())
         scan = self.scan
         if scan is not None and scan.dirty and not self.writer.busy:
             try:
@@ -556,6 +556,7 @@ class Engine:
             effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
         self.scan = scan
         self._next_progress = self._next_live = 0.0
+        self._next_checkpoint = self.clock() + self.settings.storage.checkpoint_interval_s
         missing = scan.acc.missing_by_frame(scan.frame + 1)
         effects.append(LogEvent(logging.WARNING, f"scan {scan.scan_id}: resumed from its checkpoint after a "
                                                  f"daemon restart ({scan.acc.events} events kept, up to frame "
