@@ -522,6 +522,8 @@ class Engine:
         sends anything for it, or is finished as aborted after ``heartbeat_timeout_s``."""
         effects: list[Effect] = []
         deadline = self.clock() + self.settings.inbound.heartbeat_timeout_s
+        for part in Path(data_dir).glob(f"*/.{checkpoint.FILE}.*.part"):  # a write the crash interrupted
+            part.unlink(missing_ok=True)
         for path in checkpoint.find(data_dir):
             try:
                 head = checkpoint.read_header(path)

@@ -58,8 +58,11 @@ def test_checkpoint_then_restart_resumes_with_the_missed_chunks_as_a_gap(tmp_pat
     assert checkpoint.path_in(folder).exists()
     # kill -9: the first engine is gone. Frame 1 is sent while nothing listens.
     down = [acq.start(), *acq.chunks(1)]
+    torn = folder / f".{checkpoint.FILE}.x1y2.part"
+    torn.write_bytes(b"half a checkpoint")  # a write interrupted by the kill
     second = Engine(_settings(tmp_path), clock)
     found = second.load_checkpoints(tmp_path)
+    assert not torn.exists()
     assert any(isinstance(e, LogEvent) and "resuming" in e.message for e in found)
     effects = _run(second, [acq.start(), *acq.chunks(2), acq.end()])
     assert any(isinstance(e, LogEvent) and "resumed" in e.message for e in effects)
