@@ -110,7 +110,7 @@ def _publisher(endpoint: str) -> AcquisitionPublisher:
         raise SimulateError(f"cannot bind {endpoint} ({exc}); choose a free port, or port 0") from None
 
 
-def _scan_fields(scan: ScanSource, scan_id: str) -> dict[str, Any]:
+def scan_fields(scan: ScanSource, scan_id: str) -> dict[str, Any]:
     m = scan.meta
     det = m.detector
     return dict(
@@ -125,7 +125,7 @@ def _scan_fields(scan: ScanSource, scan_id: str) -> dict[str, Any]:
 
 def _send_scan(pub: AcquisitionPublisher, scan: ScanSource, scan_id: str, plan: Plan,
                quiet: bool) -> tuple[Tally, float]:
-    fields = _scan_fields(scan, scan_id)
+    fields = scan_fields(scan, scan_id)
     npix = scan.meta.shape[0] * scan.meta.shape[1]
     starts = range(0, npix, plan.chunk_pixels)
     total_chunks = len(scan.frames) * len(starts)

@@ -29,7 +29,7 @@ from edxlive.service.metrics import Metrics
 from edxlive.service.publisher import Outbound
 from edxlive.service.receiver import Receiver
 from edxlive.service.sdnotify import notify, watchdog_interval
-from edxlive.service.session import AnalysisJob, Effect, Engine, LogEvent, Publish, Rejection
+from edxlive.service.session import AnalysisJob, Effect, Engine, LogEvent, Publish, Rejection, StorageFailure
 
 log = logging.getLogger("edxlive.daemon")
 RUNTIME_FILE = "daemon.json"
@@ -50,6 +50,10 @@ class Daemon:
             port = self.metrics.start_server(settings.metrics.address, settings.metrics.port)
             self.metrics_endpoint = f"http://{settings.metrics.address}:{port}/metrics"
         self.engine = Engine(settings)
+        if settings.live.element_maps:  # the line database imports exspy: seconds, so before READY, not mid-scan
+            from edxlive.service.pipeline.xray import known_elements
+
+            known_elements()
         self.curve = _curve(settings, self.ctx, self.metrics)
         self.outbound = Outbound(self.ctx, settings.outbound.pub, settings.outbound.control, settings.outbound.sndhwm,
                                  p.new_source_id("edxlive"), curve=self.curve)
@@ -61,6 +65,7 @@ class Daemon:
         self.stopping = False
         self.recent_errors: list[str] = []
         self._ready_sent = False
+        self._checkpoints = 0
 
     # ------------------------------------------------------------------ effects
 
@@ -76,7 +81,20 @@ class Daemon:
                 self._rejected(effect)
             elif isinstance(effect, LogEvent):
                 log.log(effect.level, effect.message)
+            elif isinstance(effect, StorageFailure):
+                self._storage_failed(effect)
         self.metrics.scan_state(self.engine.state)
+        self.metrics.scans_unsaved(len(self.engine.unsaved))
+        checkpoints = self.engine.counters.checkpoints
+        for _ in range(checkpoints - self._checkpoints):
+            self.metrics.checkpoint_written()
+        self._checkpoints = checkpoints
+
+    def _storage_failed(self, f: StorageFailure) -> None:
+        self.metrics.storage_failure(f.what)
+        if f.first:
+            log.error(f.detail)
+            self.recent_errors = [*self.recent_errors[-9:], f.detail]
 
     def _rejected(self, r: Rejection) -> None:
         self.metrics.message_rejected(r.reason)
@@ -120,6 +138,10 @@ class Daemon:
     def control(self, req: p.Request) -> p.Reply:
         if req.kind == "status":
             return self.outbound.reply(req, True, self.status_fields())
+        if req.kind == "flush":
+            self.apply(self.engine.flush())
+            return self.outbound.reply(req, not self.engine.unsaved, {"unsaved": sorted(self.engine.unsaved)},
+                                       error="data folder still not writable" if self.engine.unsaved else None)
         effects = self.engine.reanalyze(req.params.get("scan_id"), req.params)
         rejected = [e for e in effects if isinstance(e, Rejection)]
         self.apply(effects)
@@ -141,6 +163,15 @@ class Daemon:
 
     def publish_status(self) -> None:
         self.outbound.poll_monitor()
+        self.metrics.inbound_disconnected(self.receiver.poll_monitor())
+        for endpoint in self.receiver.abandoned():
+            for _ in range(1000):  # what that connection delivered is queued: read it all before reconnecting
+                if not self.receiver.pending():
+                    break
+                self.ingest()
+            self.receiver.reconnect(endpoint)
+            log.warning("inbound connection to %s was closed by ZeroMQ and not retried (a message over "
+                        "limits.max_message_bytes?); reconnected, anything lost shows as a seq gap", endpoint)
         if self.curve is not None:
             self.curve.poll()  # count refused handshakes, reconnect publishers, re-read key folders
         self.metrics.clients_connected(self.outbound.clients)
@@ -155,6 +186,7 @@ class Daemon:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
+        self.apply(self.engine.load_checkpoints(self.data_dir))
         self.write_runtime_file()
         log.info("edxlive %s: inbound %s, pub %s, control %s, metrics %s, data %s, security %s", __version__,
                  ",".join(self.receiver.endpoints), self.outbound.pub_endpoint, self.outbound.control_endpoint,
@@ -193,6 +225,10 @@ class Daemon:
         log.info("shutting down")
         if self.engine.scan is not None:
             self.apply(self.engine.interrupt("daemon stopped"))
+        self.apply(self.engine.flush())
+        for scan_id in self.engine.unsaved:
+            log.critical("scan %s: the data folder is still not writable; its counts are lost when the daemon "
+                         "exits (make %s writable and send `flush` before stopping)", scan_id, self.data_dir)
         self.analysis.shutdown(wait=True)
         self.collect_analyses()
         self.publish_status()

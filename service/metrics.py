@@ -30,6 +30,7 @@ STATES = ("idle", "acquiring", "analysing")
 # scrape; a series that appears only at its first event hides that event from increase().
 OUTCOMES = ("completed", "aborted", "failed")
 DIRECTIONS = ("inbound", "outbound")
+STORAGE_WRITES = ("folder", "checkpoint", "save")
 
 
 class Metrics:
@@ -52,12 +53,21 @@ class Metrics:
         self._clients = Gauge("edxlive_clients_connected", "Subscribers connected to the outbound PUB", registry=r)
         self._refused = Counter("edxlive_curve_refused", "Connections refused by CURVE authentication",
                                 ["direction"], registry=r)
+        self._storage = Counter("edxlive_storage_failures", "Failed writes into the data folder, by what "
+                                "(folder, checkpoint, save)", ["what"], registry=r)
+        self._unsaved = Gauge("edxlive_scans_unsaved", "Finished scans held in memory, not yet written", registry=r)
+        self._checkpoints = Counter("edxlive_checkpoints_written", "Checkpoints of the running scan written",
+                                    registry=r)
+        self._inbound = Counter("edxlive_inbound_disconnects", "Inbound connections dropped by ZeroMQ (an "
+                                "oversized message over MAXMSGSIZE, or the publisher going away)", registry=r)
         Info("edxlive_build", "Build information", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
         ProcessCollector(registry=r)
         self.scan_state("idle")
         for outcome in OUTCOMES:
             self._outcome.labels(outcome)
+        for what in STORAGE_WRITES:
+            self._storage.labels(what)
         for direction in DIRECTIONS:
             self._refused.labels(direction)
 
@@ -106,3 +116,17 @@ class Metrics:
 
     def curve_refused(self, direction: str) -> None:
         self._refused.labels(direction).inc()
+
+    # ---------------------------------------------------------------- reliability (issue 7)
+
+    def storage_failure(self, what: str) -> None:
+        self._storage.labels(what).inc()
+
+    def scans_unsaved(self, n: int) -> None:
+        self._unsaved.set(n)
+
+    def checkpoint_written(self) -> None:
+        self._checkpoints.inc()
+
+    def inbound_disconnected(self, n: int = 1) -> None:
+        self._inbound.inc(n)

@@ -280,11 +280,11 @@ class ScanFinished(Header):
 
 
 class Request(Header):
-    """A control request. ``kind``: snapshot | status | reanalyze."""
+    """A control request. ``kind``: snapshot | status | reanalyze | flush (write unsaved scans now)."""
 
     topic: ClassVar[str] = "request"
 
-    kind: Literal["snapshot", "status", "reanalyze"]
+    kind: Literal["snapshot", "status", "reanalyze", "flush"]
     request_id: str = Field(min_length=1, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
 

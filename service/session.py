@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from edxlive.service import checkpoint, storage
 from edxlive.service import protocol as p
-from edxlive.service import storage
 from edxlive.service.config import Settings
 from edxlive.service.pipeline.accumulate import Accumulator
 from edxlive.service.pipeline.livepca import LivePCA
-from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
+from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta, binned_shape
 
 
 @dataclass
@@ -60,7 +60,20 @@ class LogEvent:
     message: str
 
 
-Effect = Publish | AnalysisJob | Rejection | LogEvent
+@dataclass
+class StorageFailure:
+    """A write into the data folder failed; the counts stay in memory and the write is retried."""
+
+    scan_id: str
+    what: str  # "folder", "checkpoint" or "save"
+    detail: str
+    first: bool  # the first failure of this kind for this scan: log it
+
+
+Effect = Publish | AnalysisJob | Rejection | LogEvent | StorageFailure
+
+MAX_KEV = 1000.0  # an energy axis beyond this is not an X-ray spectrum (a 300 kV beam tops out at 300)
+RETRY_S = 2.0  # how often unsaved scans are retried (a `flush` request retries at once)
 
 
 @dataclass
@@ -71,6 +84,7 @@ class Counters:
     gaps: int = 0  # messages missing, by seq
     duplicates: int = 0
     late: int = 0
+    checkpoints: int = 0
 
     def as_dict(self) -> dict[str, float]:
         out: dict[str, float] = {f"messages.{k}": v for k, v in self.messages.items()}
@@ -94,6 +108,9 @@ class Scan:
         self.gaps = self.duplicates = self.rejected = 0
         self.reasons_logged: set[str] = set()
         self.rate = _Rate(now)
+        self.dirty = False  # counts or coverage changed since the last checkpoint
+        self.status, self.reason, self.expected = "acquiring", None, start.frames
+        self.failures: set[str] = set()  # storage failures already logged for this scan
 
     @property
     def scan_id(self) -> str:
@@ -136,10 +153,16 @@ class Engine:
         self.last_seq: dict[str, int] = {}
         self.ended: dict[str, Path] = {}  # scan_id -> folder, for late chunks and reanalysis
         self.refused: set[str] = set()
+        self.logged: set[tuple[str | None, str]] = set()  # rejections logged for scans not being acquired
+        self.restarts: dict[str, p.ScanStart] = {}  # scan.start for a finished scan id, awaiting its chunk
         self.pending: dict[str, AnalysisJob] = {}
         self.history: list[dict[str, Any]] = []
         self.revisions: dict[str, int] = {}
         self._next_progress = self._next_live = 0.0
+        self.resumable: dict[str, tuple[Path, float]] = {}  # scan_id -> (folder, resume deadline)
+        self.unsaved: dict[str, Scan] = {}  # finished scans whose files could not be written yet
+        self._next_checkpoint = self._next_retry = 0.0
+        self.writer = checkpoint.Writer()
 
     # ------------------------------------------------------------------ state
 
@@ -156,6 +179,8 @@ class Engine:
             "counters": self.counters.as_dict(),
             "rejected": dict(self.counters.rejected),
             "scans": self.history[-20:],
+            "unsaved": sorted(self.unsaved),
+            "resumable": sorted(self.resumable),
         }
 
     # ------------------------------------------------------------------ inbound
@@ -163,7 +188,9 @@ class Engine:
     def handle(self, msg: p.Message) -> list[Effect]:
         h = msg.header
         self.counters.messages[h.topic] = self.counters.messages.get(h.topic, 0) + 1
-        effects, fresh = self._sequence(h)
+        effects = self._maybe_resume(msg) if self.resumable else []
+        more, fresh = self._sequence(h)
+        effects += more
         if not fresh:
             return effects
         if self.scan is not None and h.source:
@@ -195,11 +222,14 @@ class Engine:
     def reject(self, err: p.ProtocolError, scan_id: str | None = None) -> list[Effect]:
         self.counters.rejected[err.reason] = self.counters.rejected.get(err.reason, 0) + 1
         scan = self.scan if self.scan is not None and scan_id in (None, self.scan.scan_id) else None
-        first = True
         if scan is not None:
             scan.rejected += 1
             first = err.reason not in scan.reasons_logged
             scan.reasons_logged.add(err.reason)
+        else:  # a finished, refused or unknown scan: still log each reason once per scan id
+            first = (scan_id, err.reason) not in self.logged
+            if len(self.logged) < 10_000:  # bounded: a flood of made-up ids cannot grow it for ever
+                self.logged.add((scan_id, err.reason))
         return [Rejection(err.reason, err.detail, scan_id, first)]
 
     def _on_start(self, msg: p.Message) -> list[Effect]:
@@ -208,10 +238,23 @@ class Engine:
             return self._check_repeat(h)
         if h.scan_id in self.refused:
             return []
+        if h.scan_id in self.ended and self._same_scan(h):
+            # The repeat before a late frame, or a new scan under a reused id? Its next chunk says:
+            # frame 0 begins the new scan, any later frame is late for the finished one.
+            self.restarts[h.scan_id] = h
+            return []
         effects: list[Effect] = []
         if self.scan is not None:
             effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
         return effects + self._begin(h)
+
+    def _same_scan(self, h: p.ScanStart) -> bool:
+        """Does this scan.start describe the finished scan of the same id (shape, channels, frames)?"""
+        entry = next((e for e in reversed(self.history) if e["scan_id"] == h.scan_id), None)
+        if entry is None:
+            return False
+        m = entry["meta"]
+        return (list(h.shape), h.channels, h.frames) == (list(m["shape"]), m["channels"], m["frames"])
 
     def _check_repeat(self, h: p.ScanStart) -> list[Effect]:
         s = self.scan.start  # type: ignore[union-attr]
@@ -221,27 +264,50 @@ class Engine:
         return []
 
     def _begin(self, h: p.ScanStart) -> list[Effect]:
+        top = h.energy_offset_kev + h.energy_scale_kev * h.channels
+        if not (-MAX_KEV < h.energy_offset_kev < MAX_KEV and 0 < top < MAX_KEV):
+            self.refused.add(h.scan_id)
+            return self.reject(p.ProtocolError("out_of_range", f"scan {h.scan_id}: energy axis {h.energy_offset_kev:g} "
+                                               f"+ {h.energy_scale_kev:g} keV x {h.channels} channels is not an X-ray "
+                                               f"spectrum (must end between 0 and {MAX_KEV:g} keV); check the "
+                                               "calibration sent in scan.start"), h.scan_id)
         need = Accumulator.nbytes_for(tuple(h.shape), h.channels, self.settings.binning.factor, h.frames)  # type: ignore[arg-type]
+        if self.settings.storage.checkpoint_interval_s > 0:  # the checkpoint writer works on a copy of the cube
+            nb = binned_shape(tuple(h.shape), self.settings.binning.factor)  # type: ignore[arg-type]
+            need += nb[0] * nb[1] * h.channels * 4
         budget = self.settings.limits.memory_budget_bytes
         if need > budget:
             self.refused.add(h.scan_id)
-            return self.reject(p.ProtocolError("limits", f"scan {h.scan_id} needs {need / 2**30:.2f} GiB, over the "
-                                               f"memory budget {budget / 2**30:.2f} GiB; bin more or raise "
+            return self.reject(p.ProtocolError("limits", f"scan {h.scan_id} needs {_size(need)}, over the memory "
+                                               f"budget {_size(budget)}; bin more or raise "
                                                "limits.memory_budget_bytes"), h.scan_id)
-        folder = storage.scan_folder(self.settings.storage.data_dir, h.scan_id)
+        effects: list[Effect] = []
+        try:
+            folder = storage.scan_folder(self.settings.storage.data_dir, h.scan_id)
+        except OSError as exc:  # acquire anyway, in memory: the folder is created when it can be
+            folder = storage.scan_folder(self.settings.storage.data_dir, h.scan_id, create=False)
+            effects.append(StorageFailure(h.scan_id, "folder", f"scan {h.scan_id}: cannot create {folder} ({exc}); "
+                                          "acquiring in memory, the files are written when the folder is writable",
+                                          True))
         self.scan = Scan(h, self.settings, folder, self.clock())
+        if effects:
+            self.scan.failures.add("folder")
         self._next_progress = self._next_live = 0.0
+        self._next_checkpoint = self.clock() + self.settings.storage.checkpoint_interval_s
         started = Publish(p.ScanStarted, dict(scan_id=h.scan_id, scan=h, binning=self.settings.binning.factor,
                                               binned_shape=list(self.scan.acc.binned_shape), folder=str(folder)))
         log = LogEvent(logging.INFO, f"scan {h.scan_id}: acquiring {h.shape[0]}x{h.shape[1]}x{h.channels}, "
                                      f"{h.frames} frames -> {folder}")
-        return [log, started]
+        return [*effects, log, started]
 
     def _on_chunk(self, msg: p.Message) -> list[Effect]:
         h: p.ScanChunk = msg.header  # type: ignore[assignment]
         scan = self.scan
         if scan is None or scan.scan_id != h.scan_id:
-            return self._stray_chunk(h)
+            effects = self._stray_chunk(h)
+            if self.scan is None or self.scan.scan_id != h.scan_id:
+                return effects
+            return effects + self._on_chunk(msg)  # the chunk that began a scan under a reused id
         try:
             p.check_chunk_against_scan(h, msg.arrays, scan.start)
         except p.ProtocolError as err:
@@ -255,6 +321,7 @@ class Engine:
             self.counters.duplicates += 1
             return []
         scan.live.update(delta.bins, delta.channels, delta.counts)
+        scan.dirty = True
         self.counters.events += delta.n_events
         scan.rate.add(self.clock(), scan.acc.events)
         effects: list[Effect] = []
@@ -264,6 +331,14 @@ class Engine:
         return effects
 
     def _stray_chunk(self, h: p.ScanChunk) -> list[Effect]:
+        reused = self.restarts.pop(h.scan_id, None) if h.frame == 0 else None
+        if reused is not None:
+            self.ended.pop(h.scan_id, None)
+            effects: list[Effect] = [LogEvent(logging.WARNING, f"scan id {h.scan_id} reused by a new scan; "
+                                              "the finished one keeps its own folder")]
+            if self.scan is not None:
+                effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
+            return effects + self._begin(reused)
         if h.scan_id in self.ended:
             self.counters.late += 1
             return self.reject(p.ProtocolError("late", f"chunk for scan {h.scan_id} after its scan.end"), h.scan_id)
@@ -276,25 +351,50 @@ class Engine:
         h: p.ScanEnd = msg.header  # type: ignore[assignment]
         if self.scan is None or self.scan.scan_id != h.scan_id:
             return []
-        self.scan.meta.frames_completed = h.frames_completed
+        # the publisher's own count, clamped: a wrong or hostile number must not distort the dose
+        self.scan.meta.frames_completed = min(h.frames_completed, self.scan.start.frames)
         return self._finish(h.status, h.reason)
 
     # ------------------------------------------------------------------ time
 
     def tick(self) -> list[Effect]:
+        effects = self._housekeeping()
         scan = self.scan
         if scan is None:
-            return []
+            return effects
         now = self.clock()
         if now - scan.last_message > self.settings.inbound.heartbeat_timeout_s:
-            return self._finish("aborted", f"no message from the acquisition PC for "
-                                           f"{self.settings.inbound.heartbeat_timeout_s:.0f} s")
+            return effects + self._finish("aborted", f"no message from the acquisition PC for "
+                                                     f"{self.settings.inbound.heartbeat_timeout_s:.0f} s")
+        return effects + self._acquiring_tick(scan, now)
+
+    def _housekeeping(self) -> list[Effect]:
+        """Retry unsaved scans; finish checkpoints whose scan did not come back after a restart."""
+        now, effects = self.clock(), self._checkpoint_results(self.writer.poll())
+        if self.unsaved and now >= self._next_retry:
+            self._next_retry = now + RETRY_S
+            effects += self.flush()
+        for scan_id, (_, deadline) in list(self.resumable.items()):
+            if now > deadline and (self.scan is None or self.scan.scan_id != scan_id):
+                scan, more = self._restore(scan_id)
+                effects += more
+                if scan is not None:
+                    effects += self._finish("aborted", "the daemon restarted and the scan did not resume "
+                                                       f"within {self.settings.inbound.heartbeat_timeout_s:.0f} s",
+                                            scan)
+        return effects
+
+    def _acquiring_tick(self, scan: Scan, now: float) -> list[Effect]:
         effects: list[Effect] = []
         if now >= self._next_progress:
             self._next_progress = now + self.settings.outbound.progress_interval_s
             effects.append(self._progress(scan))
         if now >= self._next_live:
             effects += self._live(scan)
+        interval = self.settings.storage.checkpoint_interval_s
+        if interval > 0 and now >= self._next_checkpoint:
+            self._next_checkpoint = now + interval
+            effects += self.checkpoint()
         return effects
 
     def _progress(self, scan: Scan) -> Publish:
@@ -325,33 +425,173 @@ class Engine:
 
     # ------------------------------------------------------------------ scan end and analysis
 
-    def _finish(self, status: str, reason: str | None) -> list[Effect]:
-        scan = self.scan
+    def _finish(self, status: str, reason: str | None, scan: Scan | None = None) -> list[Effect]:
+        """End a scan (the current one, or one restored from a checkpoint) and save its counts."""
+        current = scan is None or scan is self.scan
+        scan = scan or self.scan
         assert scan is not None
-        self.scan = None
+        if current:
+            self.scan = None
         meta = scan.meta
-        expected = scan.start.frames if status == "completed" else max(meta.frames_completed, scan.frame + 1)
+        scan.expected = scan.start.frames if status == "completed" else max(meta.frames_completed, scan.frame + 1)
+        scan.status, scan.reason = status, reason
         meta.status = status
         meta.frames_completed = meta.frames_completed or (scan.frame + 1 if scan.acc.events else 0)
-        meta.incomplete_fraction = scan.acc.incomplete_fraction(expected)
-        cube_path = storage.save_array(scan.folder / storage.CUBE_NPY, scan.acc.binned_cube())
-        dose_path = storage.save_array(scan.folder / storage.DOSE_NPY, scan.acc.dose(expected))
+        meta.incomplete_fraction = scan.acc.incomplete_fraction(scan.expected)
         self.ended[scan.scan_id] = scan.folder
-        job = self._job(scan.scan_id, scan.folder, meta, cube_path, dose_path, {})
         self.history.append({"scan_id": scan.scan_id, "folder": str(scan.folder), "status": status,
                              "incomplete_fraction": meta.incomplete_fraction, "finished": None,
                              "reason": reason, "meta": meta.to_dict()})
-        missing = scan.acc.missing_by_frame(expected)
+        missing = scan.acc.missing_by_frame(scan.expected)
         msg = (f"scan {scan.scan_id}: {status}" + (f" ({reason})" if reason else "") +
                f", {scan.acc.events} events, incomplete {meta.incomplete_fraction:.2%}"
                + (f", missing pixels by frame {missing}" if missing else "") + "; analysing")
-        return [LogEvent(logging.INFO, msg), self._progress(scan), *self._live(scan), job]
+        effects: list[Effect] = [LogEvent(logging.INFO, msg)]
+        if current:
+            effects += [self._progress(scan), *self._live(scan)]
+        return effects + self._save(scan)
+
+    def _save(self, scan: Scan) -> list[Effect]:
+        """Write a finished scan's cube and dose map, then hand it to analysis. If the data folder
+        cannot be written, the scan stays in memory (``unsaved``) and is retried."""
+        try:
+            scan.folder.mkdir(parents=True, exist_ok=True)
+            cube_path = storage.save_array(scan.folder / storage.CUBE_NPY, scan.acc.binned_cube())
+            dose_path = storage.save_array(scan.folder / storage.DOSE_NPY, scan.acc.dose(scan.expected))
+        except OSError as exc:
+            first = scan.scan_id not in self.unsaved
+            self.unsaved[scan.scan_id] = scan
+            detail = (f"scan {scan.scan_id}: cannot write its counts to {scan.folder} ({exc}); they stay in "
+                      f"memory and are written when the folder is writable again (retried every {RETRY_S:.0f} s, "
+                      "or at once on a `flush` request)")
+            return [StorageFailure(scan.scan_id, "save", detail, first)]
+        effects: list[Effect] = []
+        if self.unsaved.pop(scan.scan_id, None) is not None:
+            effects.append(LogEvent(logging.WARNING, f"scan {scan.scan_id}: counts written to {scan.folder} "
+                                                     "after the storage failure"))
+        effects += self._checkpoint_results(self.writer.wait())  # a write in flight must not outlive the scan
+        checkpoint.remove(scan.folder)  # the saved cube supersedes it
+        return [*effects, self._job(scan.scan_id, scan.folder, scan.meta, cube_path, dose_path, {})]
+
+    def flush(self) -> list[Effect]:
+        """Try again to write every scan whose files could not be written."""
+        effects: list[Effect] = []
+        for scan in list(self.unsaved.values()):
+            effects += self._save(scan)
+        return effects
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, wait: bool = False) -> list[Effect]:
+        """Start writing the running scan's checkpoint (a copy, on the writer thread), if anything
+        changed since the last one; ``wait``: finish it before returning (tests, a crash simulation)."""
+        effects = self._checkpoint_results(self.writer.wait() if wait else self.writer.poll())
+        scan = self.scan
+        if scan is not None and scan.dirty and not self.writer.busy:
+            try:
+                scan.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return effects + self._checkpoint_results([(scan.scan_id, exc)])
+            ck = checkpoint.Checkpoint(scan.start, scan.acc.cube.copy(), scan.acc.coverage.copy(), scan.frame,
+                                       scan.gaps, scan.duplicates, scan.rejected, dict(self.last_seq), scan.acc.events)
+            self.writer.submit(scan.scan_id, scan.folder, ck)
+            scan.dirty = False
+        if wait:
+            effects += self._checkpoint_results(self.writer.wait())
+        return effects
+
+    def _checkpoint_results(self, results: list[tuple[str, BaseException | None]]) -> list[Effect]:
+        effects: list[Effect] = []
+        for scan_id, exc in results:
+            scan = self.scan if self.scan is not None and self.scan.scan_id == scan_id else None
+            if exc is None:
+                self.counters.checkpoints += 1
+                continue
+            if scan is not None:
+                scan.dirty = True  # try again at the next interval
+            first = scan is None or "checkpoint" not in scan.failures
+            if scan is not None:
+                scan.failures.add("checkpoint")
+            effects.append(StorageFailure(scan_id, "checkpoint", f"scan {scan_id}: cannot write a checkpoint "
+                                          f"({type(exc).__name__}: {exc}); the counts are safe in memory, retrying",
+                                          first))
+        return effects
+
+    def load_checkpoints(self, data_dir: Path) -> list[Effect]:
+        """At start-up: scans a previous daemon left unfinished. Each resumes when its publisher
+        sends anything for it, or is finished as aborted after ``heartbeat_timeout_s``."""
+        effects: list[Effect] = []
+        deadline = self.clock() + self.settings.inbound.heartbeat_timeout_s
+        for part in Path(data_dir).glob(f"*/.{checkpoint.FILE}.*.part"):  # a write the crash interrupted
+            part.unlink(missing_ok=True)
+        for path in checkpoint.find(data_dir):
+            try:
+                head = checkpoint.read_header(path)
+                scan_id = head["start"]["scan_id"]
+            except Exception as exc:  # a damaged file must not stop the daemon; leave it for a person
+                effects.append(LogEvent(logging.ERROR, f"checkpoint {path} cannot be read ({exc}); left as it is"))
+                continue
+            self.resumable[scan_id] = (path.parent, deadline)
+            for source, seq in head["last_seq"].items():  # so the chunks missed while down count as a gap
+                self.last_seq[source] = max(int(seq), self.last_seq.get(source, 0))
+            effects.append(LogEvent(logging.WARNING, f"scan {scan_id}: unfinished, checkpoint in {path.parent} "
+                                                     f"({head['events']} events up to frame {head['frame']}); "
+                                                     "resuming when its publisher sends"))
+        return effects
+
+    def _maybe_resume(self, msg: p.Message) -> list[Effect]:
+        h = msg.header
+        if h.scan_id not in self.resumable or h.topic not in ("scan.start", "scan.chunk", "scan.end"):
+            return []
+        if self.scan is not None and (h.topic != "scan.start" or self.scan.scan_id == h.scan_id):
+            return []  # only a scan.start supersedes the scan being acquired
+        effects: list[Effect] = []
+        scan, more = self._restore(h.scan_id)
+        effects += more
+        if scan is None:
+            return effects
+        if isinstance(h, p.ScanStart) and (tuple(h.shape), h.channels, h.frames) != (
+                tuple(scan.start.shape), scan.start.channels, scan.start.frames):
+            # a reused scan id for a different scan: finish the old one, the new one starts afresh
+            return effects + self._finish("aborted", "daemon restarted; the scan id was reused by a new scan", scan)
+        if self.scan is not None:
+            effects += self._finish("aborted", f"superseded by scan {h.scan_id}")
+        self.scan = scan
+        self._next_progress = self._next_live = 0.0
+        self._next_checkpoint = self.clock() + self.settings.storage.checkpoint_interval_s
+        missing = scan.acc.missing_by_frame(scan.frame + 1)
+        effects.append(LogEvent(logging.WARNING, f"scan {scan.scan_id}: resumed from its checkpoint after a "
+                                                 f"daemon restart ({scan.acc.events} events kept, up to frame "
+                                                 f"{scan.frame}; pixels missing so far by frame {missing})"))
+        effects.append(Publish(p.ScanStarted, dict(scan_id=scan.scan_id, scan=scan.start,
+                                                   binning=self.settings.binning.factor,
+                                                   binned_shape=list(scan.acc.binned_shape), folder=str(scan.folder))))
+        return effects
+
+    def _restore(self, scan_id: str) -> tuple[Scan | None, list[Effect]]:
+        folder, _ = self.resumable.pop(scan_id)
+        try:
+            ck = checkpoint.load(checkpoint.path_in(folder))
+            scan = Scan(ck.start, self.settings, folder, self.clock())
+            scan.acc.restore(ck.cube, ck.coverage)
+        except Exception as exc:
+            return None, [LogEvent(logging.ERROR, f"scan {scan_id}: checkpoint in {folder} cannot be restored "
+                                                  f"({type(exc).__name__}: {exc}); left as it is")]
+        # The live PCA's statistics are sums over the binned counts: rebuilt exactly from the cube.
+        rows, cols = np.nonzero(scan.acc.cube)
+        if rows.size:
+            scan.live.update(rows, cols, scan.acc.cube[rows, cols].astype(np.int64))
+        scan.frame, scan.gaps, scan.duplicates, scan.rejected = ck.frame, ck.gaps, ck.duplicates, ck.rejected
+        scan.meta.frames_completed = 0
+        return scan, []
 
     def interrupt(self, reason: str) -> list[Effect]:
         """End the current scan without analysing it (daemon shutdown): its counts are saved, and
         result.json says the analysis was not run, so `edxlive analyze` or a reanalysis can follow."""
         effects = self._finish("aborted", reason)
-        job = next(e for e in effects if isinstance(e, AnalysisJob))
+        job = next((e for e in effects if isinstance(e, AnalysisJob)), None)
+        if job is None:  # the folder is not writable: StorageFailure says so
+            return effects
         self.pending.pop(f"{job.scan_id}#{job.revision}", None)
         cube = np.load(job.cube_path) if job.cube_path else np.zeros(0)
         storage.write_result_json(job.folder, storage.result_document(
@@ -375,6 +615,7 @@ class Engine:
             entry["finished"] = time.time()
             entry["analysis"] = "failed" if failed else "ok"
         doc: dict[str, Any] = {} if failed else outcome  # type: ignore[assignment]
+        effects: list[Effect] = self._record_failure(job, reason) if failed else []
         fields = dict(scan_id=job.scan_id, revision=job.revision, status="failed" if failed else "ok",
                       reason=reason, workflows=doc.get("workflows", {}), agreement=doc.get("agreement", {}),
                       verdict=doc.get("verdict", {}), energy_offset_kev=job.meta.energy_offset_kev,
@@ -383,10 +624,23 @@ class Engine:
         level = logging.ERROR if failed else logging.INFO
         outcome = f"failed: {reason}" if failed else "done"
         text = f"scan {job.scan_id}: analysis {outcome} (revision {job.revision})"
-        return [LogEvent(level, text), Publish(p.ScanResult, fields, _result_arrays(job.folder, doc)),
+        return [*effects, LogEvent(level, text), Publish(p.ScanResult, fields, _result_arrays(job.folder, doc)),
                 Publish(p.ScanFinished, dict(scan_id=job.scan_id, status=job.meta.status if not failed else "failed",
                                              folder=str(job.folder), paths=paths,
                                              incomplete_fraction=job.meta.incomplete_fraction))]
+
+    def _record_failure(self, job: AnalysisJob, reason: str | None) -> list[Effect]:
+        """A failed analysis still leaves a result.json that says so, unless an earlier revision's stands."""
+        path = job.folder / storage.RESULT_JSON
+        if path.exists() and job.revision > 0:
+            return []
+        try:
+            cube = np.load(job.cube_path, mmap_mode="r") if job.cube_path and job.cube_path.exists() else np.zeros(0)
+            storage.write_result_json(job.folder, storage.result_document(
+                job.meta, cube, {"analysis": "failed", "analysis_error": reason, "revision": job.revision}))
+        except OSError as exc:
+            return [StorageFailure(job.scan_id, "save", f"scan {job.scan_id}: cannot write result.json ({exc})", True)]
+        return []
 
     def reanalyze(self, scan_id: str | None, params: dict[str, Any]) -> list[Effect]:
         entry = next((e for e in reversed(self.history) if scan_id in (None, e["scan_id"])), None)
@@ -398,6 +652,10 @@ class Engine:
         dose = folder / storage.DOSE_NPY
         return [self._job(entry["scan_id"], folder, meta, cube if cube.exists() else None,
                           dose if dose.exists() else None, params)]
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _lost_fraction(acc: Accumulator, frame: int) -> float:

@@ -26,10 +26,14 @@ CUBE_NPY = "accumulated.npy"
 DOSE_NPY = "dose.npy"
 
 
-def scan_folder(data_dir: Path, scan_id: str, when: datetime | None = None) -> Path:
-    """Create ``<data_dir>/<UTC yyyymmdd-HHMMSS>_<scan_id>`` (a suffix keeps a reused id apart)."""
+def scan_folder(data_dir: Path, scan_id: str, when: datetime | None = None, create: bool = True) -> Path:
+    """Create ``<data_dir>/<UTC yyyymmdd-HHMMSS>_<scan_id>`` (a suffix keeps a reused id apart).
+
+    ``create=False`` only names it: for a data folder that cannot be written now (created later)."""
     stamp = (when or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     base = Path(data_dir) / f"{stamp}_{scan_id}"
+    if not create:
+        return base
     folder, n = base, 1
     while True:
         try:

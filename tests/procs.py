@@ -7,6 +7,7 @@ reads back the ports it bound (the simulator prints ``endpoint: ...``; the daemo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,3 +139,150 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def request(control: str, kind: str, params: dict | None = None, timeout: float = 10.0) -> dict:
+    """One control request (status, reanalyze, flush) over a real DEALER socket; returns the reply."""
+    import uuid
+
+    import zmq
+
+    from edxlive.service import protocol as p
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(control)
+    try:
+        req = p.Sequencer("test-request").make(p.Request, kind=kind, request_id=uuid.uuid4().hex[:12],
+                                               params=params or {})
+        sock.send_multipart(p.encode(req))
+        if not sock.poll(int(timeout * 1000)):
+            raise AssertionError(f"no reply to {kind} within {timeout:.0f} s")
+        reply = p.decode(sock.recv_multipart()).header
+        return reply.model_dump()
+    finally:
+        sock.close(0)
+
+
+class Feeder:
+    """The acquisition PC driven from the test: a real AcquisitionPublisher (XPUB, ephemeral port)
+    replaying a ScanSource chunk by chunk, and recording exactly what it sent, so a test knows the
+    counts the daemon must end up with."""
+
+    def __init__(self, source: str = "tiny", frames: int = 3, seed: int = 0, scan_id: str = "rel-1",
+                 source_id: str | None = None) -> None:
+        import numpy as np
+
+        from edxlive.clients.publisher import AcquisitionPublisher
+        from edxlive.clients.simulate import scan_fields
+        from edxlive.clients.sources import load_source
+
+        self.scan = load_source(source, frames=frames, seed=seed, scan_id=scan_id)
+        self.meta = self.scan.meta
+        self.pub = AcquisitionPublisher("tcp://127.0.0.1:0", source=source_id)
+        self.fields = scan_fields(self.scan, scan_id)
+        self.scan_id = scan_id
+        self.sent = np.zeros((*self.meta.shape, self.meta.channels), dtype=np.uint64)
+        self.messages = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self.pub.endpoint
+
+    def wait_subscribed(self, timeout: float = 60) -> None:
+        from edxlive.service import protocol as p
+
+        wait_for(lambda: (self.pub.drain_subscriptions(50), self.pub.subscribers >= len(p.INBOUND_TOPICS))[1],
+                 timeout, 0.0, "the daemon to subscribe")
+
+    def wait_unsubscribed(self, timeout: float = 30) -> None:
+        wait_for(lambda: (self.pub.drain_subscriptions(50), self.pub.subscribers == 0)[1], timeout, 0.0,
+                 "the daemon's subscription to go away")
+
+    def send_frame(self, f: int, pixels: tuple[int, int] | None = None, chunk_pixels: int | None = None,
+                   lose: bool = False) -> int:
+        """scan.start, then frame ``f``'s chunks (pixels [a, b) only, if given); returns messages sent.
+        ``lose``: the chunks are lost on the way (their seq numbers are used, nothing is sent)."""
+        import numpy as np
+
+        nx = self.meta.shape[1]
+        npix = self.meta.shape[0] * nx
+        step = chunk_pixels or nx
+        a, b = pixels or (0, npix)
+        frame = self.scan.frames[f]
+        self.pub.start(**self.fields)
+        n = 1
+        for first in range(a, b, step):
+            stop = min(first + step, b)
+            n += 1
+            if lose:
+                self.pub.skip_seq()
+                continue
+            pix, chan = frame.events(first, stop)
+            self.pub.chunk_events(self.scan_id, f, first, stop - first, pix, chan)
+            y, x = divmod(first + pix.astype("int64"), nx)
+            np.add.at(self.sent, (y, x, chan.astype("int64")), 1)
+        self.messages += n
+        return n
+
+    def end(self, frames_completed: int | None = None) -> None:
+        self.pub.end(self.scan_id, frames_completed if frames_completed is not None else len(self.scan.frames))
+        self.messages += 1
+
+    def restart(self, source_id: str) -> None:
+        """The acquisition software restarts: a new socket on the same port, a new ``source``, seq from 1."""
+        from edxlive.clients.publisher import AcquisitionPublisher
+
+        endpoint = self.endpoint
+        self.pub.close()
+
+        def rebind() -> AcquisitionPublisher | None:
+            try:
+                return AcquisitionPublisher(endpoint, source=source_id)
+            except Exception:  # the old socket may hold the port for a moment
+                return None
+
+        self.pub = wait_for(rebind, 30, 0.1, f"rebinding {endpoint}")
+
+    def close(self) -> None:
+        self.pub.close()
+
+
+def kill_tree(daemon: Daemon) -> None:
+    """SIGKILL the daemon and its analysis workers (a test that needs no analysis result)."""
+    import psutil
+
+    kids = psutil.Process(daemon.proc.pid).children(recursive=True)
+    daemon.proc.kill()
+    for kid in kids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kid.kill()
+    daemon.proc.wait(30)
+
+
+def kill9(daemon: Daemon) -> None:
+    """SIGKILL: no shutdown code runs, exactly as a crash or the OOM killer."""
+    daemon.proc.kill()
+    daemon.proc.wait(30)
+
+
+def fast_env(**extra: str) -> dict[str, str]:
+    """A daemon environment for fault tests: short intervals, one quick workflow, no JIT warm-up."""
+    return child_env(EDXLIVE_ANALYSIS__WORKFLOWS='["pca_gmm"]', EDXLIVE_ANALYSIS__WARMUP="false",
+                     EDXLIVE_LIVE__ELEMENT_MAPS="false",
+                     EDXLIVE_OUTBOUND__STATUS_INTERVAL_S="0.2", **extra)
+
+
+def metric(daemon: Daemon, name: str, **labels: str) -> float:
+    """One sample from the daemon's Prometheus endpoint (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(daemon.metrics, timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -121,6 +121,16 @@ class Accumulator:
         missing = (~self.coverage[:frames]).sum(axis=1)
         return {int(f): int(m) for f, m in enumerate(missing) if m}
 
+    def restore(self, cube: np.ndarray, coverage: np.ndarray) -> None:
+        """Load a checkpoint's binned counts and coverage (a daemon resuming a scan after a restart)."""
+        if cube.shape != self.cube.shape or coverage.shape != self.coverage.shape:
+            raise ValueError(f"checkpoint shapes {cube.shape}, {coverage.shape} do not fit this scan "
+                             f"{self.cube.shape}, {self.coverage.shape}")
+        self.cube = cube.astype(np.promote_types(cube.dtype, self.cube.dtype), copy=True)
+        self.coverage = coverage.astype(bool, copy=True)
+        self.counts_map = self.cube.sum(axis=1, dtype=np.int64)
+        self.events = int(self.counts_map.sum())
+
 
 def offline_bin(cube: np.ndarray, factor: int) -> np.ndarray:
     """The reference ×factor binning: zero-pad to a multiple of the factor, then reshape-sum."""
