@@ -97,7 +97,7 @@ class Scan:
 
     def __init__(self, start: p.ScanStart, settings: Settings, folder: Path, now: float) -> None:
         self.start, self.folder = start, folder
-        self.meta = meta_from_start(start, settings.binning.factor)
+        self.meta = meta_from_start(start, settings.binning.factor, settings.quant.beam_energy_kev)
         self.acc = Accumulator(start.shape, start.channels, settings.binning.factor, start.frames)
         live = settings.live
         self.live = LivePCA(self.acc.binned_shape, start.channels, start.energy_offset_kev, start.energy_scale_kev,
@@ -133,12 +133,15 @@ class _Rate:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
-def meta_from_start(start: p.ScanStart, binning: int) -> ScanMeta:
+def meta_from_start(start: p.ScanStart, binning: int, beam_energy_kev: float | None = None) -> ScanMeta:
+    """``beam_energy_kev`` (quant.beam_energy_kev) overrides what scan.start says, for a bridge that
+    reports none or a wrong one: the k-factors and the fitted energy range follow it."""
     d = start.detector
     return ScanMeta(
         scan_id=start.scan_id, shape=tuple(start.shape), channels=start.channels,  # type: ignore[arg-type]
         energy_offset_kev=start.energy_offset_kev, energy_scale_kev=start.energy_scale_kev,
-        beam_energy_kev=start.beam_energy_kev, binning=binning, frames=start.frames, frames_completed=0,
+        beam_energy_kev=beam_energy_kev or start.beam_energy_kev, binning=binning, frames=start.frames,
+        frames_completed=0,
         dwell_time_s=start.dwell_time_s, pixel_size_nm=start.pixel_size_nm,
         detector=DetectorMeta(d.name, d.elevation_deg, d.azimuth_deg, d.count, d.energy_resolution_mn_ka_ev),
         elements=list(start.elements), microscope=start.microscope, sample=start.sample,

@@ -194,3 +194,15 @@ def test_reanalyze_makes_a_new_revision(tmp_path: Path, cube: np.ndarray) -> Non
     assert again.revision == job.revision + 1 and again.params == {"gmm_k": 3}
     (rej,) = engine.reanalyze("nope", {})
     assert isinstance(rej, Rejection)
+
+
+def test_configured_beam_energy_overrides_the_scan_start(tmp_path: Path, cube: np.ndarray) -> None:
+    """quant.beam_energy_kev is for a bridge that reports a wrong beam energy: the analysis gets the configured one."""
+    settings = Settings(storage={"data_dir": tmp_path}, quant={"beam_energy_kev": 300.0})  # type: ignore[arg-type]
+    engine, acq = Engine(settings, Clock()), Acquisition(cube)
+    effects = _run(engine, [acq.start(beam_energy_kev=80.0), *acq.chunks(0), acq.end(frames_completed=1)])
+    [job] = _jobs(effects)
+    assert job.meta.beam_energy_kev == 300.0
+    engine2, acq2 = Engine(_settings(tmp_path / "b"), Clock()), Acquisition(cube, scan_id="s2")
+    [job2] = _jobs(_run(engine2, [acq2.start(beam_energy_kev=80.0), *acq2.chunks(0), acq2.end(frames_completed=1)]))
+    assert job2.meta.beam_energy_kev == 80.0
