@@ -20,6 +20,8 @@ import zmq
 
 from edxlive.service import protocol as p
 
+_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH  # as in security.py
+
 
 class Receiver:
     def __init__(self, context: zmq.Context, endpoints: list[str], limits: p.Limits, max_message_bytes: int,
@@ -30,14 +32,16 @@ class Receiver:
         # ingest must never drop what the network delivered: queue deep rather than discard
         self.socket.setsockopt(zmq.RCVHWM, 1_000_000)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.monitor: zmq.Socket | None = None
-        if curve is not None:  # the CURVE setup owns this socket's one monitor (it counts refusals)
-            curve.apply_inbound(self.socket)  # type: ignore[attr-defined]
-        else:
-            self.monitor = self.socket.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        # A socket has one monitor: the receiver's, which also hands CURVE refusals to the CURVE setup.
+        self.curve = curve
+        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+        if curve is not None:
+            curve.apply_inbound(self.socket, monitor=False)  # type: ignore[attr-defined]
+            events |= _REFUSED
+        self.monitor: zmq.Socket | None = self.socket.get_monitor_socket(events)
         self.disconnects = 0
         self._dropped: dict[str, float] = {}  # endpoint -> when it was dropped, until ZeroMQ retries it
+        self._refused: set[str] = set()  # endpoints whose last handshake CURVE refused
         for topic in p.INBOUND_TOPICS:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         for endpoint in endpoints:
@@ -64,11 +68,18 @@ class Receiver:
         while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
             endpoint = event["endpoint"].decode()
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                n += 1
-                self._dropped[endpoint] = time.monotonic()
+            if event["event"] & _REFUSED:  # the CURVE setup counts it and reconnects it after a pause
+                self.curve.handshake_failed("inbound", event["event"], endpoint, self.socket)  # type: ignore[attr-defined]
+                self._refused.add(endpoint)
+                self._dropped.pop(endpoint, None)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                if endpoint not in self._refused:
+                    n += 1
+                    self._dropped[endpoint] = time.monotonic()
             else:  # ZeroMQ is reconnecting it by itself (a network error, a publisher restart)
                 self._dropped.pop(endpoint, None)
+                if event["event"] == zmq.EVENT_CONNECTED:
+                    self._refused.discard(endpoint)
         self.disconnects += n
         return n
 

@@ -200,6 +200,7 @@ class CurveServer:
         self.refusals = {INBOUND: 0, OUTBOUND: 0}
         self._monitors: list[tuple[str, zmq.Socket, zmq.Socket]] = []
         self._retry: dict[str, float] = {}  # inbound endpoint -> when to reconnect it
+        self._inbound: zmq.Socket | None = None
         self._log_once = _Once()
         # The ZAP handler must run before any socket handshakes: libzmq lets CURVE peers in
         # unchecked when no handler is bound.
@@ -214,10 +215,13 @@ class CurveServer:
         socket.curve_server = True
         socket.zap_domain = _DOMAIN[direction].encode()
 
-    def apply_inbound(self, socket: zmq.Socket) -> None:
-        """The SUB that connects to acquisition publishers: CURVE server, publisher keys only."""
+    def apply_inbound(self, socket: zmq.Socket, monitor: bool = True) -> None:
+        """The SUB that connects to acquisition publishers: CURVE server, publisher keys only.
+        ``monitor=False``: the receiver runs the socket's one monitor and reports to ``handshake_failed``."""
         self._server(socket, INBOUND)
-        self._monitor(INBOUND, socket)
+        self._inbound = socket
+        if monitor:
+            self._monitor(INBOUND, socket)
 
     def apply_outbound(self, socket: zmq.Socket, monitor: bool = True) -> None:
         """PUB and ROUTER: CURVE server, client keys only. ``monitor=False`` for a socket whose owner
@@ -258,7 +262,7 @@ class CurveServer:
 
     def _reconnect_due(self) -> None:
         now = time.monotonic()
-        sub = next((s for d, s, _ in self._monitors if d == INBOUND), None)
+        sub = self._inbound
         for endpoint, when in list(self._retry.items()):
             if now < when or sub is None:
                 continue

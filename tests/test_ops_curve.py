@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -197,3 +198,34 @@ def test_a_publisher_that_cannot_bind_leaves_nothing_open() -> None:
     finally:
         first.close()
     ctx.term()  # would block for ever on a leaked socket
+
+
+def test_oversized_message_under_curve_is_counted_and_the_publisher_reconnected(keys: Keys, tmp_path: Path) -> None:
+    """ZeroMQ closes a connection for good on a message over MAXMSGSIZE. Under CURVE, too, the daemon
+    counts it and connects again (the receiver owns the socket's monitor and shares refusals with CURVE)."""
+    data = tmp_path / "data"
+    pub = AcquisitionPublisher("tcp://127.0.0.1:0", source="acq-big",
+                               curve=ClientKeys.load(keys.site / "publisher.key_secret", keys.site / "server.key"))
+    daemon = procs.start_daemon(data, [pub.endpoint], env=keys.daemon_env(
+        EDXLIVE_LIMITS__MAX_MESSAGE_BYTES=str(64 * 1024)))
+    base = dict(scan_id="big", shape=[4, 32], channels=1024, energy_offset_kev=0.0, energy_scale_kev=0.01, frames=1)
+    try:
+        assert pub.wait_for_subscribers(1, 60)
+        pub.start(**base)
+        pub.chunk_events("big", 0, 0, 32, np.arange(32, dtype="<u4"), np.full(32, 100, "<u2"))
+        pub.chunk_dense("big", 0, 32, np.ones((32, 1024), "<u4"))  # 128 KiB, over MAXMSGSIZE 64 KiB
+        procs.wait_for(lambda: procs.metric(daemon, "edxlive_inbound_disconnects_total") >= 1, 30,
+                       what="the dropped connection to be counted")
+        procs.wait_for(lambda: "closed by ZeroMQ and not retried" in (data / "daemon.log").read_text(), 30,
+                       what="the daemon to connect again")
+        time.sleep(1.0)  # the TCP, ZMTP and CURVE handshakes; what is sent before is lost (and counted by seq)
+        pub.start(**base)
+        for row in (2, 3):
+            pub.chunk_events("big", 0, row * 32, 32, np.arange(32, dtype="<u4"), np.full(32, 100, "<u2"))
+        pub.end("big", frames_completed=1)
+        procs.wait_for(lambda: "scan big: completed" in (data / "daemon.log").read_text(), 60, what="the scan to end")
+        refused = _refused(daemon.metrics)
+    finally:
+        procs.kill_tree(daemon)
+        pub.close()
+    assert refused.get("inbound", 0) == 0  # a dropped connection is not a CURVE refusal
