@@ -334,7 +334,9 @@ class Engine:
         meta.status = status
         meta.frames_completed = meta.frames_completed or (scan.frame + 1 if scan.acc.events else 0)
         meta.incomplete_fraction = scan.acc.incomplete_fraction(expected)
-        cube_path = storage.save_array(scan.folder / storage.CUBE_NPY, scan.acc.binned_cube())
+        acc = scan.acc
+        cube_path = storage.save_array_blocks(scan.folder / storage.CUBE_NPY, (*acc.binned_shape, acc.channels),
+                                              acc.cube_dtype(), acc.row_blocks())
         dose_path = storage.save_array(scan.folder / storage.DOSE_NPY, scan.acc.dose(expected))
         self.ended[scan.scan_id] = scan.folder
         job = self._job(scan.scan_id, scan.folder, meta, cube_path, dose_path, {})
@@ -420,14 +422,13 @@ def _element_maps(scan: Scan) -> tuple[list[str], np.ndarray | None]:
     from edxlive.service.pipeline.xray import main_line_window
 
     names, maps = [], []
-    cube = scan.acc.cube
     for el in scan.start.elements:
         window = main_line_window(el, scan.meta)
         if window is None:
             continue
         lo, hi = window
         names.append(el)
-        maps.append(cube[:, lo:hi].sum(axis=1, dtype=np.float64).reshape(scan.acc.binned_shape))
+        maps.append(scan.acc.channel_sum(lo, hi).reshape(scan.acc.binned_shape))
     return names, (np.array(maps, dtype=np.float32) if maps else None)
 
 

@@ -1,13 +1,12 @@
-"""Live PCA, exact, from running sufficient statistics.
+"""Live PCA, exact, from running statistics.
 
 The live view works on the useful energy range rebinned to at most ``max_channels`` channels
-(X: binned pixels × live channels). It keeps X and the Gram matrix S = XᵀX. A chunk adds a
-sparse delta D to a few rows of X, and S changes by
-
-    S' = (X + D)ᵀ(X + D) = S + DᵀX + XᵀD + DᵀD,
-
-which costs O(nnz(D) · C) because D holds only the chunk's counts: the update is cheap and the
-statistics are exact at every moment, whatever the chunking.
+(X: binned pixels × live channels). X is kept up to date as chunks arrive: each X-ray adds one to
+one cell (``np.add.at``; in raster order the scatter stays in cache), which costs a few ns per
+event and no per-chunk matrix work. The Gram matrix S = XᵀX is brought up to date at a refresh
+(once per frame at least): one BLAS product, O(pixels · C²), a fraction of a second at 256×256
+binned. X holds integer counts, so every product and sum in S is an integer below 2⁵³ and float64
+holds it exactly: S is the same whatever the chunking or the order of additions.
 
 A refresh scales channels by 1/√(mean spectrum) (the channel half of Keenan–Kotula, a diagonal
 transform W S W), centres (covariance = (S_w − n μμᵀ)/(n−1)) and diagonalises. Pixel-side
@@ -21,9 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-
-FLUSH_ENTRIES = 200_000  # buffered (pixel, channel) entries before the statistics are updated
 
 
 @dataclass
@@ -45,47 +41,44 @@ class LivePCA:
             c0, c1 = 0, channels
         self.rebin = max(1, -(-(c1 - c0) // max_channels))
         self.n_live = -(-(c1 - c0) // self.rebin)
-        lookup = np.full(channels, -1, dtype=np.int64)
+        n_bins = binned_shape[0] * binned_shape[1]
+        # channels outside the live range go to one spare cell past X's end, not through a mask
+        self._spare = n_bins * self.n_live
+        lookup = np.full(channels, self._spare, dtype=np.int64)
         lookup[c0:c1] = (np.arange(c0, c1) - c0) // self.rebin
-        self.live_of = lookup
+        self._lookup = lookup
+        self.live_of = np.where(lookup == self._spare, -1, lookup)
         centres = c0 + (np.arange(self.n_live) + 0.5) * self.rebin - 0.5
         self.live_energy_kev = energy_offset_kev + energy_scale_kev * centres
-        n_bins = binned_shape[0] * binned_shape[1]
-        self.X = np.zeros((n_bins, self.n_live), dtype=np.float64)
-        self.S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._pending_n = 0
+        self._flat = np.zeros(self._spare + 1, dtype=np.float64)
+        self.X = self._flat[:-1].reshape(n_bins, self.n_live)
+        self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
+        self._stale = False
 
-    def update(self, bins: np.ndarray, channels: np.ndarray, counts: np.ndarray) -> None:
-        """Add one chunk's counts (binned pixel, full-resolution channel, count).
-
-        Chunks are buffered and applied together (``flush``): the update's fixed cost dominates for
-        one scan line, and the sum of several deltas is one delta, so the result is the same."""
-        self._pending.append((bins, channels, counts))
-        self._pending_n += bins.size
-        if self._pending_n >= FLUSH_ENTRIES:
-            self.flush()
+    def update(self, bins: np.ndarray, channels: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Add counts at (binned pixel, full-resolution channel); ``counts`` None: one each.
+        Entries may repeat a pair."""
+        if bins.size == 0:
+            return
+        cells = bins * self.n_live
+        in_range = self._lookup[channels]
+        cells += in_range
+        cells[in_range == self._spare] = self._spare
+        np.add.at(self._flat, cells, 1.0 if counts is None else counts.astype(np.float64))
+        self._stale = True
 
     def flush(self) -> None:
-        """Apply the buffered chunks to X and S."""
-        if not self._pending:
-            return
-        bins, channels, counts = (np.concatenate(parts) for parts in zip(*self._pending, strict=True))
-        self._pending, self._pending_n = [], 0
-        live = self.live_of[channels]
-        keep = live >= 0
-        if not keep.any():
-            return
-        rows, inverse = np.unique(bins[keep], return_inverse=True)
-        d = sparse.csr_matrix((counts[keep].astype(np.float64), (inverse, live[keep])),
-                              shape=(rows.size, self.n_live))
-        x_old = self.X[rows]
-        cross = np.asarray(d.T @ x_old)
-        self.S += cross + cross.T + (d.T @ d).toarray()
-        self.X[rows] = x_old + d.toarray()
+        """Bring S up to date with X (a refresh does it)."""
+        if self._stale:
+            self._S = self.X.T @ self.X  # numpy hands Xᵀ·X to BLAS syrk
+            self._stale = False
+
+    @property
+    def S(self) -> np.ndarray:
+        self.flush()
+        return self._S
 
     def channel_weights(self) -> np.ndarray:
-        self.flush()
         mean = self.X.mean(axis=0)
         return np.where(mean > 0, 1.0 / np.sqrt(np.maximum(mean, 1e-300)), 0.0)
 
@@ -94,7 +87,6 @@ class LivePCA:
         return self.X * self.channel_weights()
 
     def refresh(self, k: int = 8) -> LiveComponents:
-        self.flush()
         n = self.X.shape[0]
         w = self.channel_weights()
         mu = self.X.mean(axis=0) * w
@@ -109,6 +101,7 @@ class LivePCA:
         # a fixed sign (largest loading positive) keeps the maps from flickering between refreshes
         signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
         comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
-        scores = (self.X * w - mu) @ comps.T
+        # (X·w − μ)·Cᵀ without a scaled copy of X (which is as large as X)
+        scores = self.X @ (comps * w).T - mu @ comps.T
         maps = scores.T.reshape(k, *self.binned_shape)
         return LiveComponents(ratio, comps, maps, self.live_energy_kev)
