@@ -2,11 +2,17 @@
 
 The live view works on the useful energy range rebinned to at most ``max_channels`` channels
 (X: binned pixels × live channels). X is kept up to date as chunks arrive: each X-ray adds one to
-one cell (``np.add.at``; in raster order the scatter stays in cache), which costs a few ns per
-event and no per-chunk matrix work. The Gram matrix S = XᵀX is brought up to date at a refresh
-(once per frame at least): one BLAS product, O(pixels · C²), a fraction of a second at 256×256
-binned. X holds integer counts, so every product and sum in S is an integer below 2⁵³ and float64
-holds it exactly: S is the same whatever the chunking or the order of additions.
+one cell (``np.add.at``; in raster order the scatter stays in cache), a few ns per event and no
+per-chunk matrix work. The Gram matrix S = XᵀX is brought up to date at a refresh (once per frame
+at least), whichever way is cheaper:
+
+- from the delta D since the last refresh (the cells the events added, kept as a list):
+  S' = S + X'ᵀD + DᵀX' − DᵀD with X' = X + D, O(nnz(D) · C), when the delta is sparse (low dose
+  per frame, the usual STEM-EDX case);
+- recomputed, S = XᵀX (BLAS syrk, O(pixels · C²)), when the delta has more entries than that costs.
+
+X holds integer counts, so every product and sum in S is an integer below 2⁵³ and float64 holds it
+exactly: both ways give the same S, whatever the chunking or the order of additions.
 
 A refresh scales channels by 1/√(mean spectrum) (the channel half of Keenan–Kotula, a diagonal
 transform W S W), centres (covariance = (S_w − n μμᵀ)/(n−1)) and diagonalises. Pixel-side
@@ -17,9 +23,13 @@ same scaled data (tests/test_livepca.py checks it).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
+from threadpoolctl import ThreadpoolController
 
 
 @dataclass
@@ -53,6 +63,9 @@ class LivePCA:
         self._flat = np.zeros(self._spare + 1, dtype=np.float64)
         self.X = self._flat[:-1].reshape(n_bins, self.n_live)
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
+        # the delta since S was last brought up to date; None: too large, recompute S instead
+        self._delta: list[tuple[np.ndarray, np.ndarray | None]] | None = []
+        self._delta_n = 0
         self._stale = False
 
     def update(self, bins: np.ndarray, channels: np.ndarray, counts: np.ndarray | None = None) -> None:
@@ -64,14 +77,37 @@ class LivePCA:
         in_range = self._lookup[channels]
         cells += in_range
         cells[in_range == self._spare] = self._spare
-        np.add.at(self._flat, cells, 1.0 if counts is None else counts.astype(np.float64))
+        weights = None if counts is None else counts.astype(np.float64)
+        np.add.at(self._flat, cells, 1.0 if weights is None else weights)
         self._stale = True
+        if self._delta is not None:
+            self._delta.append((cells, weights))
+            self._delta_n += cells.size
+            # past this size the sparse update costs more than one BLAS XᵀX
+            if self._delta_n > self.X.size // 4:
+                self._delta, self._delta_n = None, 0
 
     def flush(self) -> None:
         """Bring S up to date with X (a refresh does it)."""
-        if self._stale:
-            self._S = self.X.T @ self.X  # numpy hands Xᵀ·X to BLAS syrk
-            self._stale = False
+        if not self._stale:
+            return
+        with _one_blas_thread():
+            if self._delta is None:
+                self._S = self.X.T @ self.X  # numpy hands Xᵀ·X to BLAS syrk
+            else:
+                self._S += self._delta_product()
+        self._delta, self._delta_n, self._stale = [], 0, False
+
+    def _delta_product(self) -> np.ndarray:
+        """X'ᵀD + DᵀX' − DᵀD for the buffered delta D (X' = X with D already added)."""
+        assert self._delta is not None
+        cells = np.concatenate([c for c, _ in self._delta])
+        weights = np.concatenate([np.ones(c.size) if w is None else w for c, w in self._delta])
+        keep = cells != self._spare
+        rows, cols = np.divmod(cells[keep], self.n_live)
+        d = sparse.csr_matrix((weights[keep], (rows, cols)), shape=self.X.shape)  # sums repeated cells
+        cross = np.asarray(d.T @ self.X)  # O(nnz(D) · C): no copy of X's rows
+        return cross + cross.T - (d.T @ d).toarray()
 
     @property
     def S(self) -> np.ndarray:
@@ -87,6 +123,11 @@ class LivePCA:
         return self.X * self.channel_weights()
 
     def refresh(self, k: int = 8) -> LiveComponents:
+        self.flush()
+        with _one_blas_thread():
+            return self._components(k)
+
+    def _components(self, k: int) -> LiveComponents:
         n = self.X.shape[0]
         w = self.channel_weights()
         mu = self.X.mean(axis=0) * w
@@ -105,3 +146,14 @@ class LivePCA:
         scores = self.X @ (comps * w).T - mu @ comps.T
         maps = scores.T.reshape(k, *self.binned_shape)
         return LiveComponents(ratio, comps, maps, self.live_energy_kev)
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """The refresh runs in the daemon's ingest loop: one BLAS thread. Measured (docs/performance.md):
+    XᵀX at 256×256 binned took 2.1 s with OpenBLAS's threads on a busy 2-CPU machine, 0.35 s with one."""
+    return _blas().limit(limits=1, user_api="blas")
