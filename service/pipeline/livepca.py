@@ -52,16 +52,18 @@ class LivePCA:
         self.rebin = max(1, -(-(c1 - c0) // max_channels))
         self.n_live = -(-(c1 - c0) // self.rebin)
         n_bins = binned_shape[0] * binned_shape[1]
-        # channels outside the live range go to one spare cell past X's end, not through a mask
-        self._spare = n_bins * self.n_live
-        lookup = np.full(channels, self._spare, dtype=np.int64)
+        # channels outside the live range go to a spare last column, not through a mask; X is the
+        # view without it (BLAS takes the row stride as is: no copy)
+        self._width = self.n_live + 1
+        lookup = np.full(channels, self.n_live, dtype=np.int64)
         lookup[c0:c1] = (np.arange(c0, c1) - c0) // self.rebin
         self._lookup = lookup
-        self.live_of = np.where(lookup == self._spare, -1, lookup)
+        self.live_of = np.where(lookup == self.n_live, -1, lookup)
         centres = c0 + (np.arange(self.n_live) + 0.5) * self.rebin - 0.5
         self.live_energy_kev = energy_offset_kev + energy_scale_kev * centres
-        self._flat = np.zeros(self._spare + 1, dtype=np.float64)
-        self.X = self._flat[:-1].reshape(n_bins, self.n_live)
+        self._padded = np.zeros((n_bins, self._width), dtype=np.float64)
+        self._flat = self._padded.reshape(-1)
+        self.X = self._padded[:, :self.n_live]
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
         # the delta since S was last brought up to date; None: too large, recompute S instead
         self._delta: list[tuple[np.ndarray, np.ndarray | None]] | None = []
@@ -73,10 +75,8 @@ class LivePCA:
         Entries may repeat a pair."""
         if bins.size == 0:
             return
-        cells = bins * self.n_live
-        in_range = self._lookup[channels]
-        cells += in_range
-        cells[in_range == self._spare] = self._spare
+        cells = bins * self._width
+        cells += self._lookup[channels]
         weights = None if counts is None else counts.astype(np.float64)
         np.add.at(self._flat, cells, 1.0 if weights is None else weights)
         self._stale = True
@@ -84,7 +84,7 @@ class LivePCA:
             self._delta.append((cells, weights))
             self._delta_n += cells.size
             # past this size the sparse update costs more than one BLAS XᵀX
-            if self._delta_n > self.X.size // 4:
+            if self._delta_n > self._flat.size // 4:
                 self._delta, self._delta_n = None, 0
 
     def flush(self) -> None:
@@ -103,9 +103,9 @@ class LivePCA:
         assert self._delta is not None
         cells = np.concatenate([c for c, _ in self._delta])
         weights = np.concatenate([np.ones(c.size) if w is None else w for c, w in self._delta])
-        keep = cells != self._spare
-        rows, cols = np.divmod(cells[keep], self.n_live)
-        d = sparse.csr_matrix((weights[keep], (rows, cols)), shape=self.X.shape)  # sums repeated cells
+        rows, cols = np.divmod(cells, self._width)
+        keep = cols < self.n_live
+        d = sparse.csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=self.X.shape)  # sums repeats
         cross = np.asarray(d.T @ self.X)  # O(nnz(D) · C): no copy of X's rows
         return cross + cross.T - (d.T @ d).toarray()
 
@@ -114,8 +114,12 @@ class LivePCA:
         self.flush()
         return self._S
 
-    def channel_weights(self) -> np.ndarray:
-        mean = self.X.mean(axis=0)
+    def _mean(self) -> np.ndarray:
+        # integer column sums are exact in any order: one BLAS pass over the strided X
+        return (np.ones(self.X.shape[0]) @ self.X) / self.X.shape[0]
+
+    def channel_weights(self, mean: np.ndarray | None = None) -> np.ndarray:
+        mean = self._mean() if mean is None else mean
         return np.where(mean > 0, 1.0 / np.sqrt(np.maximum(mean, 1e-300)), 0.0)
 
     def scaled(self) -> np.ndarray:
@@ -129,8 +133,9 @@ class LivePCA:
 
     def _components(self, k: int) -> LiveComponents:
         n = self.X.shape[0]
-        w = self.channel_weights()
-        mu = self.X.mean(axis=0) * w
+        mean = self._mean()
+        w = self.channel_weights(mean)
+        mu = mean * w
         cov = (self.S * np.outer(w, w) - n * np.outer(mu, mu)) / max(n - 1, 1)
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1]
