@@ -421,14 +421,14 @@ def _element_maps(scan: Scan) -> tuple[list[str], np.ndarray | None]:
     """Line-window maps (±1 FWHM around each element's main line) from the binned cube."""
     from edxlive.service.pipeline.xray import main_line_window
 
-    names, maps = [], []
+    names, windows = [], []
     for el in scan.start.elements:
         window = main_line_window(el, scan.meta)
         if window is None:
             continue
-        lo, hi = window
         names.append(el)
-        maps.append(scan.acc.channel_sum(lo, hi).reshape(scan.acc.binned_shape))
+        windows.append(window)
+    maps = list(scan.acc.channel_sums(windows).reshape(len(windows), *scan.acc.binned_shape)) if windows else []
     return names, (np.array(maps, dtype=np.float32) if maps else None)
 
 

@@ -212,13 +212,26 @@ class Accumulator:
 
     def channel_sum(self, lo: int, hi: int) -> np.ndarray:
         """Per binned pixel (flat): counts summed over channels [lo, hi), float64."""
+        return self.channel_sums([(lo, hi)])[0]
+
+    def channel_sums(self, windows: list[tuple[int, int]]) -> np.ndarray:
+        """(windows, binned pixels): counts summed over each channel window [lo, hi), float64.
+        Sparse mode reads the store and the merge buffer as they are (no merge), in one pass."""
+        n_bins = self.bin_size.size
+        out = np.zeros((len(windows), n_bins))
         if self._dense is not None:
-            return self.cube[:, lo:hi].sum(axis=1, dtype=np.float64)
+            cube = self.cube
+            for i, (lo, hi) in enumerate(windows):
+                out[i] = cube[:, lo:hi].sum(axis=1, dtype=np.float64)
+            return out
         assert self._store is not None
-        self._store.merge()
-        bins, chans = np.divmod(self._store.keys, self.channels)
-        keep = (chans >= lo) & (chans < hi)
-        return np.bincount(bins[keep], weights=self._store.vals[keep], minlength=self.bin_size.size)
+        for keys, weights in self._store.parts():
+            bins, chans = np.divmod(keys, self.channels)
+            for i, (lo, hi) in enumerate(windows):
+                keep = (chans >= lo) & (chans < hi)
+                w = None if weights is None else weights[keep]
+                out[i] += np.bincount(bins[keep], weights=w, minlength=n_bins)
+        return out
 
     def frames_observed(self) -> np.ndarray:
         """Per raw pixel: how many frames swept it."""
@@ -296,6 +309,10 @@ class _SparseCounts:
     def _fit(self, value: int) -> None:
         if value > np.iinfo(self.vals.dtype).max:
             self.vals = self.vals.astype(np.uint64)
+
+    def parts(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The store and the buffered keys, as (keys, counts or None for one each)."""
+        return [(self.keys, self.vals), *self._pending]
 
     def dense_range(self, k0: int, k1: int) -> np.ndarray:
         self.merge()

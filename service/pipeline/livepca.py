@@ -105,8 +105,11 @@ class LivePCA:
         weights = np.concatenate([np.ones(c.size) if w is None else w for c, w in self._delta])
         rows, cols = np.divmod(cells, self._width)
         keep = cols < self.n_live
-        d = sparse.csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=self.X.shape)  # sums repeats
-        cross = np.asarray(d.T @ self.X)  # O(nnz(D) · C): no copy of X's rows
+        # Dᵀ as CSR (live channels × pixels; repeated cells are summed): Dᵀ·X walks X's rows in
+        # place, O(nnz(D) · C); X's padded array is contiguous, so scipy needs no copy of it
+        dt = sparse.csr_matrix((weights[keep], (cols[keep], rows[keep])), shape=(self.n_live, self.X.shape[0]))
+        cross = np.asarray(dt @ self._padded)[:, :self.n_live]
+        d = dt.T
         return cross + cross.T - (d.T @ d).toarray()
 
     @property
