@@ -109,7 +109,8 @@ def start_daemon(data_dir: Path, connect: str, **env: str):  # type: ignore[no-u
            "tcp://127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir), "--connect", connect]
     child = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", EDXLIVE_ANALYSIS__WARMUP="false", **env)
     log = open(data_dir / "daemon.log", "a")  # noqa: SIM115 - the child keeps the descriptor
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child)
+    # its own process group: stop_daemon ends the daemon and everything it started, and nothing else
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child, start_new_session=True)
     runtime = data_dir / "daemon.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not runtime.exists():
@@ -121,24 +122,13 @@ def start_daemon(data_dir: Path, connect: str, **env: str):  # type: ignore[no-u
 
 
 def stop_daemon(proc) -> None:  # type: ignore[no-untyped-def]
-    """Stop a daemon started by ``start_daemon``: its analysis workers (its children, by pid) first,
-    so shutdown does not wait for an analysis the benchmark does not measure; then SIGTERM."""
+    """Stop a daemon started by ``start_daemon`` and its analysis workers (its process group), so
+    shutdown does not wait for an analysis the benchmark does not measure."""
     import signal
 
-    try:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            children = [int(c) for c in f.read().split()]
-    except OSError:
-        children = []
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except Exception:
-        proc.kill()
-        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def wait_for_file(folder: Path, pattern: str, timeout: float = 300) -> Path:
