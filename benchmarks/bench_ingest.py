@@ -20,6 +20,7 @@ zero loss: the daemon's saved cube has exactly the counts sent, per binned pixel
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
 import os
 import resource
@@ -170,6 +171,7 @@ def sweep(args: argparse.Namespace) -> None:
     print("M events/s wall (per CPU-second)")
     print(f"{'chunk':>14} {'events/chunk':>13} {'raw':>13} {'edxlive':>15} {'x detector':>11} {'loss':>5}")
     for pixels in (64, args.size, 4 * args.size, 16 * args.size, 64 * args.size):
+        gc.collect()  # the previous run's engine and its cube
         sent, n_chunks = _sent(args, pixels)
         raw_s, raw_n, _, raw_cpu = receive(args, pixels, raw=True)
         s, n, gaps, cpu = receive(args, pixels, raw=False)

@@ -31,6 +31,8 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
+from edxlive.service.pipeline.accumulate import fresh_zeros
+
 
 @dataclass
 class LiveComponents:
@@ -61,7 +63,7 @@ class LivePCA:
         self.live_of = np.where(lookup == self.n_live, -1, lookup)
         centres = c0 + (np.arange(self.n_live) + 0.5) * self.rebin - 0.5
         self.live_energy_kev = energy_offset_kev + energy_scale_kev * centres
-        self._padded = np.zeros((n_bins, self._width), dtype=np.float64)
+        self._padded = fresh_zeros(n_bins * self._width, np.float64).reshape(n_bins, self._width)
         self._flat = self._padded.reshape(-1)
         self.X = self._padded[:, :self.n_live]
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
