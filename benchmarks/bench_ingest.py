@@ -9,12 +9,14 @@ statistics, a live refresh at each new frame) and `Engine.tick` every 0.1 s (pro
 0.25 s, live PCA and element maps every 2 s). Loss is checked: every event sent is counted.
 
 ``--sweep`` repeats the figure for chunk sizes from 64 pixels to 64 scan lines.
+``--kernel`` times the per-event chunk path alone (accumulator + live statistics, in memory).
 ``--paced RATE`` runs a real daemon subprocess (`edxlive serve`), sends at RATE counts/s, and checks
 zero loss: the daemon's saved cube has exactly the counts sent, per binned pixel.
 
     python benchmarks/bench_ingest.py [--size 512] [--channels 2048] [--events 20e6] [--frames 4] [--lines 16]
     python benchmarks/bench_ingest.py --sweep
     python benchmarks/bench_ingest.py --paced 20e6
+    python benchmarks/bench_ingest.py --kernel
 """
 
 from __future__ import annotations
@@ -215,6 +217,28 @@ def paced(args: argparse.Namespace) -> None:
           f"gap warnings in the daemon log: {log.count('gap:')}")
 
 
+def kernel(args: argparse.Namespace) -> None:
+    """The per-event work alone: Accumulator.add_events + LivePCA.update on chunks in memory (no
+    socket, no decode, no refresh), twice: a fresh scan (first touch of the cube), then the same
+    scan's memory again (two frames' worth per pass). CPU seconds of this process."""
+    from edxlive.service.pipeline.accumulate import Accumulator
+    from edxlive.service.pipeline.livepca import LivePCA
+
+    chunks = list(event_chunks(args.size, args.channels, args.events, args.frames, args.lines * args.size))
+    sent = sum(c[3].size for c in chunks)
+    acc = Accumulator((args.size, args.size), args.channels, 2, 2 * args.frames)
+    live = LivePCA(acc.binned_shape, args.channels, 0.0, 0.01)
+    print(f"chunk path only, {args.size}x{args.size} x {args.channels} ch, {sent:,} events per pass")
+    for label, offset in (("fresh cube (first touch)", 0), ("cube already touched", args.frames)):
+        t0 = time.process_time()
+        for frame, first, n, pix, chan in chunks:
+            d = acc.add_events(frame + offset, first, n, pix, chan)
+            live.update(d.bins, d.channels, d.counts)
+        cpu = time.process_time() - t0
+        print(f"{label:26s}: {sent / cpu / 1e6:6.1f} M events per CPU-second ({cpu / sent * 1e9:.0f} ns/event), "
+              f"{sent / cpu / DETECTOR_RATE:.1f}x a 2 M counts/s detector (baseline)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=512, help="raw scan size (square); binned x2")
@@ -224,9 +248,12 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=16, help="scan lines per chunk")
     ap.add_argument("--sweep", action="store_true", help="ingest rate against chunk size")
     ap.add_argument("--paced", type=float, default=0.0, help="counts/s: a real daemon, zero-loss check")
+    ap.add_argument("--kernel", action="store_true", help="the per-event chunk path alone, in memory")
     args = ap.parse_args()
     print(f"machine: {machine()}")
-    if args.paced:
+    if args.kernel:
+        kernel(args)
+    elif args.paced:
         paced(args)
     elif args.sweep:
         sweep(args)
