@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -57,3 +58,84 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.t0
+
+
+# ---------------------------------------------------------------- ingest: synthetic detector streams, real daemons
+
+DETECTOR_RATE = 2e6  # counts/s of the fastest EDX detectors, the ingest baseline
+
+
+def event_chunks(size: int, channels: int, events: float, frames: int, chunk_pixels: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A square scan's X-rays as a detector sends them: per frame, consecutive raster ranges of
+    ``chunk_pixels`` pixels, events in time (= raster) order, channels uniform. Yields
+    (frame, first_pixel, n_pixels, pixel offsets <u4, channels <u2)."""
+    rng = np.random.default_rng(seed)
+    n_pix = size * size
+    per_chunk = events / frames / n_pix * chunk_pixels
+    for frame in range(frames):
+        for first in range(0, n_pix, chunk_pixels):
+            n = min(chunk_pixels, n_pix - first)
+            k = rng.poisson(per_chunk * n / chunk_pixels)
+            yield (frame, first, n, np.sort(rng.integers(0, n, k, dtype=np.uint32)).astype("<u4"),
+                   rng.integers(0, channels, k, dtype=np.uint16).astype("<u2"))
+
+
+def vm_hwm(pid: int | str = "self") -> int:
+    """Peak resident set size of a process, bytes (/proc/<pid>/status VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def vm_rss(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def start_daemon(data_dir: Path, connect: str, **env: str):  # type: ignore[no-untyped-def]
+    """``python -m edxlive.service serve`` as a subprocess on ephemeral ports, connected to one
+    publisher. Analysis warm-up off; returns the Popen once daemon.json is written."""
+    import json
+    import subprocess
+    import sys
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "edxlive.service", "serve", "--pub", "tcp://127.0.0.1:0", "--control",
+           "tcp://127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir), "--connect", connect]
+    child = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", EDXLIVE_ANALYSIS__WARMUP="false", **env)
+    log = open(data_dir / "daemon.log", "a")  # noqa: SIM115 - the child keeps the descriptor
+    # its own process group: stop_daemon ends the daemon and everything it started, and nothing else
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child, start_new_session=True)
+    runtime = data_dir / "daemon.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not runtime.exists():
+        if proc.poll() is not None:
+            raise RuntimeError((data_dir / "daemon.log").read_text())
+        time.sleep(0.05)
+    proc.runtime = json.loads(runtime.read_text())  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_daemon(proc) -> None:  # type: ignore[no-untyped-def]
+    """Stop a daemon started by ``start_daemon`` and its analysis workers (its process group), so
+    shutdown does not wait for an analysis the benchmark does not measure."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_for_file(folder: Path, pattern: str, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise TimeoutError(f"no {pattern} under {folder} after {timeout:.0f} s")

@@ -1,9 +1,11 @@
 """A running scan's checkpoint: what a restarted daemon needs to resume it, in one file.
 
-``<scan folder>/checkpoint.npz`` holds the binned counts, the per-(frame, pixel) coverage (bit
-packed), and a JSON header: the scan.start document, the frame reached, the gap/duplicate/
-rejection counts and the last seq seen per publisher. It is written atomically (a temporary name,
-fsync, rename), so a kill -9 at any moment leaves either the previous checkpoint or the new one.
+``<scan folder>/checkpoint.npz`` holds the binned counts as their non-zero cells (flat index and
+count: at EDX doses a small share of the cube, and never a dense copy of a sparse store), the
+per-(frame, pixel) coverage (bit packed), and a JSON header: the scan.start document, the frame
+reached, the gap/duplicate/rejection counts and the last seq seen per publisher. It is written
+atomically (a temporary name, fsync, rename), so a kill -9 at any moment leaves either the previous
+checkpoint or the new one.
 
 The live PCA is not stored: its sufficient statistics (X and XᵀX) are integer sums of the binned
 counts, so rebuilding them from the restored cube is exact and costs one pass over the nonzeros.
@@ -23,13 +25,14 @@ from edxlive.service import protocol as p
 from edxlive.service import storage
 
 FILE = "checkpoint.npz"
-VERSION = 1
+VERSION = 2  # 2: non-zero cells instead of the dense cube
 
 
 @dataclass
 class Checkpoint:
     start: p.ScanStart
-    cube: np.ndarray  # (binned pixels, channels)
+    keys: np.ndarray  # flat (binned pixel × channel) indices of the non-zero cells
+    counts: np.ndarray  # their counts
     coverage: np.ndarray  # (frames, raw pixels) bool
     frame: int = 0
     gaps: int = 0
@@ -51,7 +54,7 @@ def save(folder: Path, ck: Checkpoint) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, header=raw, cube=ck.cube, coverage=np.packbits(ck.coverage, axis=None))
+            np.savez(fh, header=raw, keys=ck.keys, counts=ck.counts, coverage=np.packbits(ck.coverage, axis=None))
             fh.flush()
             os.fsync(fh.fileno())  # the rename must not overtake the data on a crash
 
@@ -66,11 +69,13 @@ def read_header(path: Path) -> dict[str, Any]:
 def load(path: Path) -> Checkpoint:
     with np.load(path) as z:
         header = json.loads(bytes(z["header"]).decode())
-        cube = z["cube"]
+        if header.get("version") != VERSION:
+            raise ValueError(f"checkpoint version {header.get('version')}, this daemon reads {VERSION}")
+        keys, counts = z["keys"], z["counts"]
         frames, npix = header["coverage_shape"]
         coverage = np.unpackbits(z["coverage"], count=frames * npix).astype(bool).reshape(frames, npix)
     start = p.ScanStart.model_validate(header["start"])
-    return Checkpoint(start, cube, coverage, header["frame"], header["gaps"], header["duplicates"],
+    return Checkpoint(start, keys, counts, coverage, header["frame"], header["gaps"], header["duplicates"],
                       header["rejected"], {k: int(v) for k, v in header["last_seq"].items()}, header["events"])
 
 

@@ -64,7 +64,7 @@ def new_source_id(prefix: str = "src") -> str:
 
 
 class ArraySpec(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     name: str = Field(min_length=1, max_length=64)
     dtype: str
@@ -92,7 +92,7 @@ class ArraySpec(BaseModel):
 class Header(BaseModel):
     """Fields every message carries. Unknown fields are ignored, for forward compatibility."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     topic: ClassVar[str] = ""
 
     protocol: str = PROTOCOL
@@ -116,7 +116,7 @@ class Header(BaseModel):
 
 
 class Detector(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     name: str = "Super-X"
     elevation_deg: float = Field(default=18.0, ge=-90, le=90)

@@ -459,7 +459,9 @@ class Engine:
         cannot be written, the scan stays in memory (``unsaved``) and is retried."""
         try:
             scan.folder.mkdir(parents=True, exist_ok=True)
-            cube_path = storage.save_array(scan.folder / storage.CUBE_NPY, scan.acc.binned_cube())
+            acc = scan.acc  # written block by block: a sparse store never becomes one dense cube in memory
+            cube_path = storage.save_array_blocks(scan.folder / storage.CUBE_NPY, (*acc.binned_shape, acc.channels),
+                                                  acc.cube_dtype(), acc.row_blocks())
             dose_path = storage.save_array(scan.folder / storage.DOSE_NPY, scan.acc.dose(scan.expected))
         except OSError as exc:
             first = scan.scan_id not in self.unsaved
@@ -495,7 +497,7 @@ class Engine:
                 scan.folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 return effects + self._checkpoint_results([(scan.scan_id, exc)])
-            ck = checkpoint.Checkpoint(scan.start, scan.acc.cube.copy(), scan.acc.coverage.copy(), scan.frame,
+            ck = checkpoint.Checkpoint(scan.start, *scan.acc.nonzero_cells(), scan.acc.coverage.copy(), scan.frame,
                                        scan.gaps, scan.duplicates, scan.rejected, dict(self.last_seq), scan.acc.events)
             self.writer.submit(scan.scan_id, scan.folder, ck)
             scan.dirty = False
@@ -576,14 +578,14 @@ class Engine:
         try:
             ck = checkpoint.load(checkpoint.path_in(folder))
             scan = Scan(ck.start, self.settings, folder, self.clock())
-            scan.acc.restore(ck.cube, ck.coverage)
+            scan.acc.restore(ck.keys, ck.counts, ck.coverage)
         except Exception as exc:
             return None, [LogEvent(logging.ERROR, f"scan {scan_id}: checkpoint in {folder} cannot be restored "
                                                   f"({type(exc).__name__}: {exc}); left as it is")]
         # The live PCA's statistics are sums over the binned counts: rebuilt exactly from the cube.
-        rows, cols = np.nonzero(scan.acc.cube)
-        if rows.size:
-            scan.live.update(rows, cols, scan.acc.cube[rows, cols].astype(np.int64))
+        channels = scan.start.channels
+        if ck.keys.size:
+            scan.live.update(ck.keys // channels, ck.keys % channels, ck.counts.astype(np.int64))
         scan.frame, scan.gaps, scan.duplicates, scan.rejected = ck.frame, ck.gaps, ck.duplicates, ck.rejected
         scan.meta.frames_completed = 0
         return scan, []
@@ -680,15 +682,14 @@ def _element_maps(scan: Scan) -> tuple[list[str], np.ndarray | None]:
     """Line-window maps (±1 FWHM around each element's main line) from the binned cube."""
     from edxlive.service.pipeline.xray import main_line_window
 
-    names, maps = [], []
-    cube = scan.acc.cube
+    names, windows = [], []
     for el in scan.start.elements:
         window = main_line_window(el, scan.meta)
         if window is None:
             continue
-        lo, hi = window
         names.append(el)
-        maps.append(cube[:, lo:hi].sum(axis=1, dtype=np.float64).reshape(scan.acc.binned_shape))
+        windows.append(window)
+    maps = list(scan.acc.channel_sums(windows).reshape(len(windows), *scan.acc.binned_shape)) if windows else []
     return names, (np.array(maps, dtype=np.float32) if maps else None)
 
 

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,20 @@ def save_array(path: Path, array: np.ndarray) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+    return atomic_write(Path(path), write)
+
+
+def save_array_blocks(path: Path, shape: tuple[int, ...], dtype: np.dtype, blocks: Iterable[np.ndarray]) -> Path:
+    """An .npy file written block by block (consecutive slices along the first axis), so a large
+    array never needs to be whole in memory; ``np.load`` reads it like any other."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                      "shape": tuple(shape)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            for block in blocks:
+                fh.write(np.ascontiguousarray(block, dtype=dtype).data)
 
     return atomic_write(Path(path), write)
 

@@ -43,14 +43,15 @@ def _random_bounds(n_pixels: int, rng: np.random.Generator) -> list[int]:
 
 @pytest.mark.parametrize(("name", "frames"), FILES, ids=[f[0] for f in FILES])
 @pytest.mark.parametrize("factor", [1, 2, 4])
-def test_chunking_invariance(shared_data: Path, name: str, frames: int | None, factor: int) -> None:
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-store", "sparse-store"])
+def test_chunking_invariance(shared_data: Path, name: str, frames: int | None, factor: int, sparse: bool) -> None:
     src = _source(str(shared_data / name), frames)
     meta = src.meta
     n_pixels = meta.shape[0] * meta.shape[1]
     expected = offline_bin(src.total_counts(), factor)
     rng = np.random.default_rng(0)
     for dense in (False, True):
-        acc = Accumulator(meta.shape, meta.channels, factor, meta.frames)
+        acc = Accumulator(meta.shape, meta.channels, factor, meta.frames, sparse=sparse)
         for i, frame in src.iter_frames():
             _feed(acc, i, frame, _random_bounds(n_pixels, rng), meta.channels, dense)
         np.testing.assert_array_equal(acc.binned_cube(), expected)
@@ -74,11 +75,12 @@ def test_no_counts_lost_in_larger_files(shared_data: Path, name: str, frames: in
     np.testing.assert_array_equal(acc.binned_cube(), offline_bin(src.total_counts(), 2))
 
 
-def test_over_16_bit_counts(shared_data: Path) -> None:
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-store", "sparse-store"])
+def test_over_16_bit_counts(shared_data: Path, sparse: bool) -> None:
     """Counts above 65 535 per channel (uint32 in the file) come through exactly, in dense chunks."""
     src = _source(str(shared_data / "bruker" / "over16bit.bcf"), 2)
     meta = src.meta
-    acc = Accumulator(meta.shape, meta.channels, 2, meta.frames, dtype=np.uint16)
+    acc = Accumulator(meta.shape, meta.channels, 2, meta.frames, dtype=np.uint16, sparse=sparse)
     for i, frame in src.iter_frames():
         _feed(acc, i, frame, [0, 5, meta.shape[0] * meta.shape[1]], meta.channels, dense=True)
     expected = offline_bin(src.total_counts(), 2)
@@ -109,11 +111,12 @@ def test_thinning_is_exact_and_poisson_like() -> None:
     assert np.allclose(means, counts.mean() / 10, rtol=0.05)
 
 
-def test_duplicates_are_ignored_and_gaps_counted() -> None:
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-store", "sparse-store"])
+def test_duplicates_are_ignored_and_gaps_counted(sparse: bool) -> None:
     rng = np.random.default_rng(2)
     cube = rng.poisson(0.5, size=(8, 8, 32))
     f = SparseFrame.from_dense(cube)
-    acc = Accumulator((8, 8), 32, 2, frames=2)
+    acc = Accumulator((8, 8), 32, 2, frames=2, sparse=sparse)
     _feed(acc, 0, f, [0, 16, 32, 48, 64], 32, dense=False)
     _feed(acc, 0, f, [16, 32], 32, dense=False)  # a duplicate chunk
     _feed(acc, 1, f, [0, 16, 32, 48], 32, dense=False)  # the last chunk of frame 1 is lost
@@ -125,10 +128,65 @@ def test_duplicates_are_ignored_and_gaps_counted() -> None:
     assert dose[:3].min() == 1.0 and dose[3].max() == 0.5
 
 
-def test_counts_promote_before_overflow() -> None:
-    acc = Accumulator((2, 2), 4, 1, frames=2, dtype=np.uint16)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-store", "sparse-store"])
+def test_counts_promote_before_overflow(sparse: bool) -> None:
+    acc = Accumulator((2, 2), 4, 1, frames=2, dtype=np.uint16, sparse=sparse)
     big = np.zeros((4, 4), np.int64)
     big[0, 0] = 60_000
     acc.add_dense(0, 0, big)
     acc.add_dense(1, 0, big)
     assert acc.binned_cube()[0, 0, 0] == 120_000
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-store", "sparse-store"])
+def test_views_agree_with_the_cube(sparse: bool) -> None:
+    """counts_map, channel_sum and row_blocks are the cube seen differently; many merges of the
+    sparse store (a tiny merge threshold) change nothing."""
+    import edxlive.service.pipeline.accumulate as accumulate
+
+    rng = np.random.default_rng(3)
+    cube = rng.poisson(0.8, size=(2, 13, 11, 40))
+    acc = Accumulator((13, 11), 40, 2, frames=2, sparse=sparse)
+    old = accumulate.SPARSE_MIN_FLUSH
+    accumulate.SPARSE_MIN_FLUSH = 16
+    try:
+        for frame in range(2):
+            f = SparseFrame.from_dense(cube[frame])
+            _feed(acc, frame, f, [0, 3, 50, 51, 143], 40, dense=bool(frame))
+    finally:
+        accumulate.SPARSE_MIN_FLUSH = old
+    expected = offline_bin(cube.sum(axis=0), 2)
+    np.testing.assert_array_equal(acc.binned_cube(), expected)
+    np.testing.assert_array_equal(acc.counts_map, expected.sum(axis=2).ravel())
+    np.testing.assert_array_equal(acc.channel_sum(5, 17), expected[..., 5:17].sum(axis=2).ravel())
+    blocks = list(acc.row_blocks(max_bytes=1))
+    assert len(blocks) == expected.shape[0]
+    np.testing.assert_array_equal(np.concatenate(blocks), expected)
+
+
+def test_large_scans_are_kept_sparse() -> None:
+    acc = Accumulator((1024, 1024), 4096, 2, frames=20)
+    assert acc.sparse and acc.nnz == 0
+    assert Accumulator.nbytes_for((1024, 1024), 4096, 2, 20) < 2**30
+    assert not Accumulator((512, 512), 2048, 2, frames=20).sparse
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-store", "sparse-store"])
+@pytest.mark.parametrize("into_sparse", [False, True], ids=["into-dense", "into-sparse"])
+def test_checkpoint_cells_restore_exactly(sparse: bool, into_sparse: bool) -> None:
+    """A checkpoint holds the non-zero cells; restoring them into either store gives the same scan back."""
+    rng = np.random.default_rng(5)
+    acc = Accumulator((12, 10), 64, 2, frames=3, dtype=np.uint16, sparse=sparse)
+    for frame in range(2):
+        n = 400
+        acc.add_events(frame, 0, 120, rng.integers(0, 120, n).astype("<u4"), rng.integers(0, 64, n).astype("<u2"))
+    keys, counts = acc.nonzero_cells()
+    assert keys.size == np.count_nonzero(acc.cube)
+    back = Accumulator((12, 10), 64, 2, frames=3, dtype=np.uint16, sparse=into_sparse)
+    back.restore(keys, counts, acc.coverage)
+    np.testing.assert_array_equal(back.binned_cube(), acc.binned_cube())
+    np.testing.assert_array_equal(back.counts_map, acc.counts_map)
+    np.testing.assert_array_equal(back.coverage, acc.coverage)
+    assert back.events == acc.events == 800
+    with pytest.raises(ValueError, match="does not fit"):
+        Accumulator((4, 4), 64, 2, frames=3).restore(keys, counts, acc.coverage)

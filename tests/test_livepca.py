@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sklearn.decomposition import PCA
 
 from edxlive.clients.sources import load_source
+from edxlive.service.pipeline import livepca
 from edxlive.service.pipeline.accumulate import Accumulator
 from edxlive.service.pipeline.livepca import LivePCA
 
@@ -68,3 +70,20 @@ def test_chunking_does_not_change_the_statistics() -> None:
     np.testing.assert_array_equal(a.X, b.X)
     np.testing.assert_allclose(a.S, b.S, rtol=1e-12)
     np.testing.assert_allclose(a.S, a.X.T @ a.X, rtol=1e-12)
+
+
+def test_sparse_update_and_recompute_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S from the buffered delta (sparse frames) and S recomputed as XᵀX (dense frames) are equal:
+    integer counts make every float64 product and sum exact."""
+    monkeypatch.setattr(livepca, "DELTA_MAX_FRACTION", 1.0)  # every refresh from the delta
+    src = load_source("tiny", frames=3, seed=1)
+    _, a, _ = _stream(src, factor=2, chunk=64)
+    assert a._delta is not None
+    b = LivePCA(a.binned_shape, src.meta.channels, src.meta.energy_offset_kev, src.meta.energy_scale_kev)
+    rows, cols = np.nonzero(a.X)
+    counts = a.X[rows, cols]
+    chans = np.flatnonzero(b.live_of >= 0)[::b.rebin][cols]  # one full-resolution channel per live channel
+    b._delta = None  # force the recompute path
+    b.update(rows, chans, counts.astype(np.int64))
+    np.testing.assert_array_equal(b.X, a.X)
+    np.testing.assert_array_equal(b.S, a.S)
