@@ -37,10 +37,14 @@ def energy_range(meta: ScanMeta, e_min: float = 0.2, e_max: float = 20.0) -> sli
 
 def cut_and_rebin(flat: np.ndarray, meta: ScanMeta, max_channels: int = 1024) -> tuple[np.ndarray, slice, int]:
     rng = energy_range(meta)
-    data = flat[:, rng]
-    rebin = max(1, -(-data.shape[1] // max_channels))
-    n = data.shape[1] // rebin * rebin
-    reduced = data[:, :n].reshape(data.shape[0], -1, rebin).sum(axis=2, dtype=np.float64)
+    width = rng.stop - rng.start
+    rebin = max(1, -(-width // max_channels))
+    n = width // rebin * rebin
+    # Profiled: a reshape-sum over a strided (pixels x channels) view walks the whole cube slowly;
+    # `rebin` strided slices added together give the same integers ~8x faster.
+    reduced = flat[:, rng.start:rng.start + n:rebin].astype(np.float64)
+    for j in range(1, rebin):
+        reduced += flat[:, rng.start + j:rng.start + n:rebin]
     return reduced, rng, rebin
 
 
@@ -68,6 +72,11 @@ def poisson_scale(X: np.ndarray) -> np.ndarray:
 
 
 def robust_scale(X: np.ndarray) -> np.ndarray:
-    from sklearn.preprocessing import RobustScaler
+    """scikit-learn's RobustScaler (median, 25-75 % IQR; a zero IQR scales by 1), same numbers.
 
-    return RobustScaler().fit_transform(X)
+    RobustScaler takes ``np.nanpercentile``, which is slow on 65k x 1000 arrays; the data here
+    hold no NaN, so ``np.percentile`` gives identical quantiles (tests/test_workflows.py)."""
+    q25, median, q75 = np.percentile(X, [25, 50, 75], axis=0)
+    iqr = q75 - q25
+    iqr[iqr < 10 * np.finfo(np.float64).eps] = 1.0  # as sklearn's _handle_zeros_in_scale
+    return (X - median) / iqr
