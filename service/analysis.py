@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edxlive.service.config import Settings
+from edxlive.service.config import ConfigError, Settings
 from edxlive.service.session import AnalysisJob
 
 log = logging.getLogger("edxlive.analysis")
@@ -169,7 +169,7 @@ class DaskRunner:
         try:
             self.client = Client(address, timeout=connect_timeout, set_as_default=False)
         except (OSError, TimeoutError) as exc:
-            raise RuntimeError(f"analysis.executor {address}: no Dask scheduler answers ({exc}); start the "
+            raise ConfigError(f"analysis.executor {address}: no Dask scheduler answers ({exc}); start the "
                                "scheduler or set analysis.executor = \"local\"") from None
         log.info("analysis on the Dask cluster at %s", address)
         self.warm = self.client.submit(warm_up, pure=False) if settings.analysis.warmup else None
