@@ -99,7 +99,8 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
     t1 = time.perf_counter()
     fit_rows = None if params.faithful else params.fit_rows
     channels = FAITHFUL_CHANNELS if params.faithful else params.cluster_channels
-    prepared = prepare(cube, meta, "robust" if params.faithful else params.scaling, dose, max_channels=channels)
+    prepared = prepare(cube, meta, "robust" if params.faithful else params.scaling, dose, max_channels=channels,
+                       fit_rows=fit_rows, random_state=params.random_state)
     pca = pca_scores(prepared.X, random_state=params.random_state, fit_rows=fit_rows)
     timings["preprocess_pca"] = time.perf_counter() - t1
     ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift)
