@@ -195,11 +195,18 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
 
 
 def resolve_executor(executor: str | None) -> str:
-    """--executor, else analysis.executor from the config (local by default)."""
+    """--executor, else analysis.executor from the config (the $EDXLIVE_CONFIG file or
+    EDXLIVE_ANALYSIS__EXECUTOR; local by default)."""
     if executor is None:
+        from pydantic import ValidationError
+
         from edxlive.service.config import Settings
 
-        return Settings().analysis.executor
+        try:
+            return Settings().analysis.executor
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise AnalyzeError(f"the configuration is invalid ({reason}); fix it or give --executor") from None
     if executor != "local" and not executor.startswith(("tcp://", "tls://", "inproc://")):
         raise AnalyzeError(f"--executor {executor!r}: use local or a Dask scheduler address like tcp://host:8786")
     return executor
