@@ -1,9 +1,13 @@
-"""Scan-end analysis, off the ingest path, in worker processes.
+"""Scan-end analysis, off the ingest path, in worker processes or on a Dask cluster.
 
 The engine hands over an AnalysisJob that names files (the binned cube and dose map it saved),
 so only paths cross the process boundary. Workers are *spawned*, not forked: a forked child
 would inherit the daemon's ZeroMQ threads. A worker that dies (or is killed) fails its job with
 the reason; the pool is rebuilt and the daemon goes on.
+
+``analysis.executor = "tcp://scheduler:8786"`` sends the jobs to an existing Dask cluster
+instead (DaskRunner): the same paths are sent, so the data folder must be mounted at the same
+path on every Dask worker (docs/analysis.md, "Analysis on a Dask cluster").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edxlive.service.config import Settings
+from edxlive.service.config import ConfigError, Settings
 from edxlive.service.session import AnalysisJob
 
 log = logging.getLogger("edxlive.analysis")
@@ -44,6 +48,11 @@ def run_job(job: AnalysisJob, params: dict[str, Any], spectrum_format: str) -> d
     from edxlive.service.pipeline.analyze import analyze_cube
     from edxlive.service.pipeline.results import AnalysisParams
 
+    if not job.folder.is_dir():
+        import socket
+
+        raise FileNotFoundError(f"{job.folder}: not found on analysis host {socket.gethostname()}; mount the "
+                                "daemon's data folder at the same path on every Dask worker")
     if job.cube_path is not None and job.cube_path.exists():
         cube = np.load(job.cube_path, mmap_mode="r")
         storage.write_spectrum_image(job.folder, np.asarray(cube), job.meta, spectrum_format)
@@ -79,7 +88,17 @@ def warm_up() -> float:
     return warm()
 
 
-class AnalysisRunner:
+Outcome = tuple[AnalysisJob, dict[str, Any] | BaseException, float]
+
+
+def AnalysisRunner(settings: Settings) -> LocalRunner | DaskRunner:
+    """The runner the config asks for: the local process pool, or a Dask cluster."""
+    if settings.analysis.executor == "local":
+        return LocalRunner(settings)
+    return DaskRunner(settings)
+
+
+class LocalRunner:
     """A small process pool for analysis jobs, rebuilt if a worker dies."""
 
     def __init__(self, settings: Settings) -> None:
@@ -111,7 +130,7 @@ class AnalysisRunner:
         fut.started_at = time.monotonic()  # type: ignore[attr-defined]
         self.futures[fut] = job
 
-    def done(self) -> list[tuple[AnalysisJob, dict[str, Any] | BaseException, float]]:
+    def done(self) -> list[Outcome]:
         """Finished jobs with their outcome (the analysis document, or the exception) and duration."""
         out = []
         broken = False
@@ -132,4 +151,60 @@ class AnalysisRunner:
 
     def shutdown(self, wait: bool = True) -> None:
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+
+class DaskRunner:
+    """The same interface on an existing Dask cluster: jobs go to ``analysis.executor``.
+
+    Futures of distributed's Client behave like concurrent ones (done, exception, result). A
+    worker that dies is handled by the scheduler (the task is retried elsewhere, then fails with
+    KilledWorker, which ends that job with the reason). The daemon keeps a single Client.
+    """
+
+    def __init__(self, settings: Settings, connect_timeout: float = 10.0) -> None:
+        from distributed import Client
+
+        self.settings = settings
+        self.futures: dict[Any, tuple[AnalysisJob, float]] = {}
+        self.failed: list[Outcome] = []
+        address = settings.analysis.executor
+        try:
+            self.client = Client(address, timeout=connect_timeout, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"analysis.executor {address}: no Dask scheduler answers ({exc}); start the "
+                               "scheduler or set analysis.executor = \"local\"") from None
+        log.info("analysis on the Dask cluster at %s", address)
+        self.warm = self.client.submit(warm_up, pure=False) if settings.analysis.warmup else None
+
+    @property
+    def ready(self) -> bool:
+        return self.warm is None or self.warm.done()
+
+    def submit(self, job: AnalysisJob) -> None:
+        params = params_for(self.settings, job.params)
+        try:
+            fut = self.client.submit(run_job, job, params, self.settings.storage.spectrum_format, pure=False,
+                                     key=f"edxlive-{job.scan_id}-r{job.revision}-{time.time_ns()}")
+        except Exception as exc:  # a lost scheduler fails this job, never the daemon
+            self.failed.append((job, RuntimeError(f"Dask scheduler {self.settings.analysis.executor}: {exc}"), 0.0))
+            return
+        self.futures[fut] = (job, time.monotonic())
+
+    def done(self) -> list[Outcome]:
+        out, self.failed = self.failed, []
+        for fut in [f for f in self.futures if f.done()]:
+            job, started = self.futures.pop(fut)
+            exc = fut.exception()
+            out.append((job, exc if exc is not None else fut.result(), time.monotonic() - started))
+        return out
+
+    def shutdown(self, wait: bool = True) -> None:
+        if not wait and self.futures:
+            self.client.cancel(list(self.futures))
+        elif self.futures:
+            from distributed import wait as wait_all
+
+            wait_all(list(self.futures))
+        self.client.close()
 

@@ -142,8 +142,8 @@ def simulate(
 
 @app.command()
 def analyze(
-    file: Annotated[Path, typer.Argument(help="A spectrum image that RosettaSciIO reads.")],
-    out: Annotated[Path | None, typer.Option(help="Result folder (default: beside the data dir).")] = None,
+    files: Annotated[list[Path], typer.Argument(help="Spectrum images that RosettaSciIO reads, folders, or quoted globs.", metavar="FILE...")],
+    out: Annotated[Path | None, typer.Option(help="Result folder (default: beside the data dir); with many files, one sub-folder each.")] = None,
     elements: Annotated[str | None, typer.Option(help="Comma-separated elements, e.g. Cu,Zn,S.")] = None,
     kfactors: Annotated[Path | None, typer.Option(help="TOML file with a [kfactors] table.")] = None,
     workflow: Annotated[str, typer.Option(help="pca_gmm, umap_hdbscan, both, or faithful.")] = "both",
@@ -154,19 +154,28 @@ def analyze(
     anions: Annotated[str | None, typer.Option(help="Comma-separated anions for the entropy (default S).")] = None,
     seed: Annotated[int | None, typer.Option(help="random_state for GMM/UMAP.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    executor: Annotated[str | None, typer.Option(help="local, or a Dask scheduler tcp://host:8786 (default: analysis.executor).")] = None,
 ) -> None:
-    """Run the same pipeline offline on a saved file; writes the same result folder."""
-    from edxlive.service.offline import AnalyzeError, run_analyze
+    """Run the same pipeline offline on saved files; writes the same result folder for each."""
+    from edxlive.service.offline import AnalyzeError, expand_inputs, resolve_executor, run_analyze, run_many
 
+    options = dict(elements=elements, kfactors=kfactors, workflow=workflow, gmm_k=gmm_k,
+                   min_cluster_size=min_cluster_size, binning=bin, scaling=scaling, anions=anions, seed=seed,
+                   quiet=quiet)
     try:
-        folder = run_analyze(
-            file=file, out=out, elements=elements, kfactors=kfactors, workflow=workflow,
-            gmm_k=gmm_k, min_cluster_size=min_cluster_size, binning=bin, scaling=scaling,
-            anions=anions, seed=seed, quiet=quiet,
-        )
+        paths = expand_inputs(files)
+        where = resolve_executor(executor)
+        if len(paths) == 1 and where == "local":
+            typer.echo(f"results: {run_analyze(file=paths[0], out=out, **options)}")
+            return
+        outcomes = run_many(paths, out, where, **options)
     except AnalyzeError as exc:
         fail(str(exc))
-    typer.echo(f"results: {folder}")
+    for path, outcome in outcomes:
+        typer.echo(f"results: {outcome}" if isinstance(outcome, Path) else f"error: {path}: {outcome}",
+                   err=not isinstance(outcome, Path))
+    if any(not isinstance(outcome, Path) for _, outcome in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -2,6 +2,10 @@
 
 It writes the same result folder as the daemon. A single spectrum (no map) is quantified and
 reported without clustering. Bad input ends in AnalyzeError: one line, problem and remedy.
+
+Many files (several arguments, a folder, or a quoted glob) are analysed one after another, or,
+with ``--executor tcp://scheduler:8786`` (or ``analysis.executor`` in the config), as one task
+each on that Dask cluster. A bad file fails alone; the others go on.
 """
 
 from __future__ import annotations
@@ -167,3 +171,91 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._bar.__exit__(*exc)
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files from the arguments: a folder gives its files, a quoted glob its matches."""
+    import glob
+
+    files: list[Path] = []
+    for path in paths:
+        text = str(path)
+        if Path(text).is_dir():
+            files += sorted(p for p in Path(text).iterdir() if p.is_file() and not p.name.startswith("."))
+        elif any(c in text for c in "*?[") and not Path(text).exists():
+            matches = sorted(Path(m) for m in glob.glob(text) if Path(m).is_file())
+            if not matches:
+                raise AnalyzeError(f"{text}: no file matches; check the pattern")
+            files += matches
+        else:
+            files.append(Path(text))
+    if not files:
+        raise AnalyzeError("no input file; give FILE arguments, a folder or a quoted glob")
+    return files
+
+
+def resolve_executor(executor: str | None) -> str:
+    """--executor, else analysis.executor from the config (the $EDXLIVE_CONFIG file or
+    EDXLIVE_ANALYSIS__EXECUTOR; local by default)."""
+    if executor is None:
+        from pydantic import ValidationError
+
+        from edxlive.service.config import Settings
+
+        try:
+            return Settings().analysis.executor
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise AnalyzeError(f"the configuration is invalid ({reason}); fix it or give --executor") from None
+    if executor != "local" and not executor.startswith(("tcp://", "tls://", "inproc://")):
+        raise AnalyzeError(f"--executor {executor!r}: use local or a Dask scheduler address like tcp://host:8786")
+    return executor
+
+
+def run_many(files: list[Path], out: Path | None, executor: str, **options: Any) -> list[tuple[Path, Path | str]]:
+    """Analyse each file; (file, result folder) or (file, the one-line error). Results keep input order.
+
+    Each file gets its own folder: ``<out>/<file stem>`` under --out, else a new scan folder under
+    the data dir, named here (not on a worker, whose config may differ)."""
+    outs = [_many_out(f, out, i) for i, f in enumerate(files)] if len(files) > 1 or out is None else [out]
+    if executor == "local":
+        return [(f, _one(f, o, options)) for f, o in zip(files, outs, strict=True)]
+    return _on_dask(files, outs, executor, options)
+
+
+def _many_out(path: Path, out: Path | None, index: int) -> Path:
+    if out is None:
+        from edxlive.service.config import Settings
+
+        return storage.scan_folder(Settings().storage.data_dir, _scan_id(path))
+    name = _scan_id(path)
+    return Path(out) / (name if index == 0 or not (Path(out) / name).exists() else f"{name}-{index}")
+
+
+def _one(path: Path, out: Path, options: dict[str, Any]) -> Path | str:
+    try:
+        return run_analyze(file=path, out=out, **options)
+    except AnalyzeError as exc:
+        return str(exc)
+    except Exception as exc:  # one broken file must not stop the others
+        return f"{path}: {type(exc).__name__}: {exc}"
+
+
+def _on_dask(files: list[Path], outs: list[Path], executor: str, options: dict[str, Any]
+             ) -> list[tuple[Path, Path | str]]:
+    """One task per file on the cluster; the files and --out must be at the same path on the workers."""
+    from distributed import Client
+
+    try:
+        client = Client(executor, timeout=10, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise AnalyzeError(f"--executor {executor}: no Dask scheduler answers ({exc}); start it or use local") from None
+    with client:
+        opts = {**options, "quiet": True}
+        futures = [client.submit(_one, f.resolve(), o.resolve(), opts, pure=False)
+                   for f, o in zip(files, outs, strict=True)]
+        results: list[Path | str] = []
+        for fut in futures:
+            exc = fut.exception()
+            results.append(f"{type(exc).__name__}: {exc}" if exc is not None else fut.result())
+    return list(zip(files, results, strict=True))

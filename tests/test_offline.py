@@ -72,3 +72,22 @@ def test_spectrum_image_result_folder(shared_data: Path, tmp_path: Path) -> None
 
     spectra = hs.load(folder / "mean_spectra_pca_gmm.hspy")
     assert spectra.metadata.Signal.signal_type == "EDS_TEM"
+
+
+def test_many_files_from_a_folder_each_get_a_result_folder(shared_data: Path, tmp_path: Path) -> None:
+    """A folder expands to its files; each gets <out>/<stem>; a bad file fails alone (exit 1)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("bruker/16x16_12bit_packed_8bit.bcf", "bruker/test_TEM.bcf", "hspy/SiO2_HAADF_Image.hspy"):
+        (inputs / Path(name).name).symlink_to(shared_data / name)
+    out = _analyze(str(inputs), "--out", str(tmp_path / "r"), "--workflow", "pca_gmm", "--executor", "local")
+    assert out.returncode == 1, out.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["16x16_12bit_packed_8bit", "test_TEM"]
+    for folder in (tmp_path / "r").iterdir():
+        assert (folder / "result.json").is_file()
+    assert out.stdout.count("results: ") == 2
+    assert "SiO2_HAADF_Image.hspy" in out.stderr and out.stderr.count("error: ") == 1
+
+
+def test_bad_executor_is_one_line(tmp_path: Path) -> None:
+    _one_line_error(_analyze(str(tmp_path / "a.bcf"), "--executor", "dask"), "--executor", "tcp://")

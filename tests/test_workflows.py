@@ -85,3 +85,29 @@ def test_faithful_mode_runs_the_reference_method() -> None:
     result, _ = _analysed("tiny", faithful=True)
     assert {"pca_gmm", "umap_hdbscan"} <= set(result.workflows)
     assert result.workflows["umap_hdbscan"].params["input"].startswith("scaled spectra")
+
+
+def test_subsample_and_assign_labels_every_pixel_like_the_full_fit() -> None:
+    """Models fitted on 1024 of the 4096 binned pixels, the rest assigned: every pixel has a label,
+    and the GMM's partition matches the one fitted on every pixel."""
+    from sklearn.metrics import adjusted_rand_score
+
+    full, _ = _analysed("sulfide")  # 64x64 binned: under the default fit_rows, a full fit
+    sub, _ = _analysed("sulfide", fit_rows=1024)
+    g_full, g_sub = full.workflows["pca_gmm"], sub.workflows["pca_gmm"]
+    assert g_sub.params["fit_rows"] == 1024 and g_full.params["fit_rows"] == g_full.labels.size
+    assert (g_sub.labels >= 0).all()
+    assert adjusted_rand_score(g_full.labels.ravel(), g_sub.labels.ravel()) > 0.8
+    umap = sub.workflows["umap_hdbscan"]
+    assert umap.params["fit_rows"] == 1024 and "assign" in umap.durations_s
+    assert umap.labels.shape == g_sub.labels.shape and umap.labels.max() >= 1
+
+
+def test_robust_scaling_is_scikit_learns() -> None:
+    from sklearn.preprocessing import RobustScaler
+
+    from edxlive.service.pipeline.preprocess import robust_scale
+
+    X = np.random.default_rng(0).poisson(0.4, (3000, 40)).astype(np.float64)
+    X[:, 5] = 0.0  # a zero IQR scales by 1, as in scikit-learn
+    np.testing.assert_array_equal(robust_scale(X), RobustScaler().fit_transform(X))

@@ -29,6 +29,7 @@ from edxlive.service.pipeline.verdict import LOW_COUNTS_PER_PX, Member, build_ve
 Progress = Callable[[str, float], None]
 VACUUM_FRACTION = 0.1  # a cluster under 10 % of the scan's mean counts per pixel is vacuum
 UMAP_MIN_DIMS = 6
+FAITHFUL_CHANNELS = 1024  # the reference method's feature channels (0.2-20 keV summed down to <= 1024)
 
 
 class Context:
@@ -40,7 +41,9 @@ class Context:
         self.meta, self.params, self.observed = meta, params, observed
         self.elements, self.kfactors, self.shift = elements, kfactors, shift
         self.map_shape = cube.shape[:2]
-        self.mean_cpp = float(self.flat[observed].sum(dtype=np.float64) / max(observed.sum(), 1))
+        # profiled: flat[observed] copies the whole cube (1 GiB at 256x256x2048); skip it when every pixel is in
+        self.observed_flat = self.flat if observed.all() else self.flat[observed]
+        self.mean_cpp = float(self.observed_flat.sum(dtype=np.float64) / max(observed.sum(), 1))
 
     def clusters(self, sums: np.ndarray, sizes: np.ndarray) -> list[ClusterResult]:
         n_obs = max(int(self.observed.sum()), 1)
@@ -71,6 +74,17 @@ class Context:
 
 def analyze_cube(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.ndarray | None = None,
                  progress: Progress | None = None) -> AnalysisResult:
+    from threadpoolctl import threadpool_limits
+
+    # Profiled (docs/performance.md): the many small BLAS/OpenMP calls (line fits, GMM, k-means
+    # init, kNN) spent most of their time waking and spinning idle threads, the more so on a busy
+    # machine; one thread per analysis is faster, and parallelism comes from the worker processes.
+    with threadpool_limits(limits=1):
+        return _analyze(cube, meta, params, dose, progress)
+
+
+def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.ndarray | None,
+             progress: Progress | None) -> AnalysisResult:
     report = progress or (lambda stage, fraction: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -83,8 +97,11 @@ def analyze_cube(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose:
     timings["elements"] = time.perf_counter() - t0
     report("preprocessing", 0.1)
     t1 = time.perf_counter()
-    prepared = prepare(cube, meta, "robust" if params.faithful else params.scaling, dose)
-    pca = pca_scores(prepared.X, random_state=params.random_state)
+    fit_rows = None if params.faithful else params.fit_rows
+    channels = FAITHFUL_CHANNELS if params.faithful else params.cluster_channels
+    prepared = prepare(cube, meta, "robust" if params.faithful else params.scaling, dose, max_channels=channels,
+                       fit_rows=fit_rows, random_state=params.random_state)
+    pca = pca_scores(prepared.X, random_state=params.random_state, fit_rows=fit_rows)
     timings["preprocess_pca"] = time.perf_counter() - t1
     ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift)
     workflows: dict[str, WorkflowResult] = {}
@@ -135,13 +152,14 @@ def _umap_features(X: np.ndarray, pca) -> np.ndarray:
 def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:
     p = ctx.params
     t0 = time.perf_counter()
-    g = gmm(pca.scores, p.gmm_k, p.gmm_k_max, p.random_state)
+    g = gmm(pca.scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows)
     t1 = time.perf_counter()
-    sums, sizes = soft_sums(ctx.flat[ctx.observed], g.memberships)
+    sums, sizes = soft_sums(ctx.observed_flat, g.memberships)
     clusters = ctx.clusters(sums, sizes)
     t2 = time.perf_counter()
     params = {"scaling": "robust" if p.faithful else p.scaling, "n_components": pca.n_keep, "k": g.k,
-              "k_source": "user" if p.gmm_k else "BIC", "random_state": p.random_state}
+              "k_source": "user" if p.gmm_k else "BIC", "random_state": p.random_state,
+              "fit_rows": _fit_rows(p, len(pca.scores))}
     extras = {"scree": [round(float(v), 6) for v in pca.scree], "bic": {str(k): v for k, v in g.bic.items()},
               "suggested_k": g.suggested_k}
     return WorkflowResult("pca_gmm", ctx.label_map(g.labels), sums, clusters, params,
@@ -151,17 +169,23 @@ def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:
 
 def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> WorkflowResult:
     p = ctx.params
-    u = umap_hdbscan(features, p.min_cluster_size, p.random_state, p.umap_epochs, p.faithful)
+    u = umap_hdbscan(features, p.min_cluster_size, p.random_state, p.umap_epochs, p.faithful,
+                     None if p.faithful else p.fit_rows)
     t0 = time.perf_counter()
     n_clusters = int(u.labels.max()) + 1 if u.labels.size and u.labels.max() >= 0 else 0
-    sums, sizes = hard_sums(ctx.flat[ctx.observed], u.labels, n_clusters)
+    sums, sizes = hard_sums(ctx.observed_flat, u.labels, n_clusters)
     clusters = ctx.clusters(sums, sizes)
     params = {"input": "scaled spectra" if p.faithful else f"PCA scores ({features.shape[1]} dims)",
               "n_components": 4, "min_cluster_size": u.min_cluster_size, "random_state": p.random_state,
-              "n_epochs": p.umap_epochs}
+              "n_epochs": p.umap_epochs, "fit_rows": _fit_rows(p, len(features))}
     durations = {"pca": pca_seconds, **u.durations_s, "quantify": time.perf_counter() - t0}
     return WorkflowResult("umap_hdbscan", ctx.label_map(u.labels), sums, clusters, params, durations,
                           u.noise_fraction)
+
+
+def _fit_rows(p: AnalysisParams, n: int) -> int:
+    """How many pixels the models were fitted on (the rest were assigned)."""
+    return n if p.faithful or not p.fit_rows else min(n, p.fit_rows)
 
 
 def _agreement(workflows: dict[str, WorkflowResult], observed: np.ndarray) -> dict[str, float | None]:

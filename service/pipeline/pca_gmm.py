@@ -7,6 +7,10 @@ the last point (the "knee"); at least 2 are kept. The scree is reported either w
 GMM k: the user's; when none is given, BIC is computed for k = 1..k_max and the suggestion is
 the knee of the BIC curve (the point farthest below the chord), because on thousands of pixels
 BIC keeps falling slowly long after the real phases are found. The curve is reported.
+
+``fit_rows`` (fast mode): PCA and the GMM are fitted on a seeded random sample of at most that
+many pixels, then every pixel is projected / given its memberships (subsample.py). The faithful
+mode fits on every pixel.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from edxlive.service.pipeline.subsample import sample_rows
 
 
 @dataclass
@@ -42,32 +48,39 @@ def knee(values: np.ndarray) -> int:
     return int(np.argmax(chord - values))
 
 
-def pca_scores(X: np.ndarray, max_components: int = 20, random_state: int | None = 0) -> PCAResult:
+def pca_scores(X: np.ndarray, max_components: int = 20, random_state: int | None = 0,
+               fit_rows: int | None = None) -> PCAResult:
     from sklearn.decomposition import PCA
 
-    n_comp = int(min(max_components, X.shape[0] - 1, X.shape[1]))
-    pca = PCA(n_components=n_comp, svd_solver="randomized" if min(X.shape) > 200 else "full",
+    rows = sample_rows(len(X), fit_rows, random_state)
+    fit_on = X if rows is None else X[rows]
+    n_comp = int(min(max_components, fit_on.shape[0] - 1, X.shape[1]))
+    pca = PCA(n_components=n_comp, svd_solver="randomized" if min(fit_on.shape) > 200 else "full",
               random_state=random_state)
-    scores = pca.fit_transform(X)
+    scores = pca.fit_transform(X) if rows is None else pca.fit(fit_on).transform(X)
     scree = pca.explained_variance_ratio_
     n_keep = max(2, knee(np.log(np.maximum(scree, 1e-12))) + 1) if n_comp > 2 else n_comp
     return PCAResult(scores[:, :n_keep].astype(np.float64), n_keep, scree)
 
 
-def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | None = 0) -> GMMResult:
+def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | None = 0,
+        fit_rows: int | None = None) -> GMMResult:
     from sklearn.mixture import GaussianMixture
+
+    rows = sample_rows(len(scores), fit_rows, random_state)
+    fit_on = scores if rows is None else scores[rows]
 
     def fit(n: int) -> GaussianMixture:
         return GaussianMixture(n_components=n, covariance_type="full", random_state=random_state,
-                               n_init=2, reg_covar=1e-5).fit(scores)
+                               n_init=2, reg_covar=1e-5).fit(fit_on)
 
     bic: dict[int, float] = {}
     models = {}
     suggested = None
     if k is None:
-        for n in range(1, min(k_max, len(scores) - 1) + 1):
+        for n in range(1, min(k_max, len(fit_on) - 1) + 1):
             models[n] = fit(n)
-            bic[n] = float(models[n].bic(scores))
+            bic[n] = float(models[n].bic(fit_on))
         ks = sorted(bic)
         suggested = ks[knee(np.array([bic[n] for n in ks]))]
         k = max(suggested, 1)

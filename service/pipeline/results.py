@@ -28,6 +28,11 @@ class AnalysisParams:
     kfactors: Path | None = None
     anions: list[str] = field(default_factory=lambda: ["S"])
     faithful: bool = False
+    # fast mode only (faithful fits every pixel on <= 1024 channels): models are fitted on at most
+    # fit_rows pixels and the rest assigned; the clustering features are summed down to at most
+    # cluster_channels energy channels (quantification always uses the full resolution)
+    fit_rows: int | None = 8192
+    cluster_channels: int = 1024
 
 
 @dataclass

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import numpy as np
 
+CHUNK_ROWS = 4096  # profiled: converting the whole cube to float64 at once (1-2 GiB) cost more than the product
+
 
 def hard_sums(flat: np.ndarray, labels: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
     """(sums (k, channels), pixel counts (k,)) over pixels with label 0..k-1."""
-    sums = np.zeros((n_clusters, flat.shape[1]), dtype=np.float64)
-    sizes = np.zeros(n_clusters, dtype=np.float64)
-    for k in range(n_clusters):
-        member = labels == k
-        sizes[k] = member.sum()
-        if sizes[k]:
-            sums[k] = flat[member].sum(axis=0, dtype=np.float64)
-    return sums, sizes
+    onehot = labels[:, None] == np.arange(n_clusters)[None, :]
+    return _weighted_sums(flat, onehot), onehot.sum(axis=0).astype(np.float64)
 
 
 def soft_sums(flat: np.ndarray, memberships: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Membership-weighted sums: Mᵀ X, and the effective pixel count Σ M per cluster."""
-    return memberships.T @ flat.astype(np.float64), memberships.sum(axis=0)
+    return _weighted_sums(flat, memberships), memberships.sum(axis=0)
+
+
+def _weighted_sums(flat: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Wᵀ X in float64, a block of rows at a time (counts are integers: exact for hard labels)."""
+    sums = np.zeros((weights.shape[1], flat.shape[1]), dtype=np.float64)
+    for start in range(0, len(flat), CHUNK_ROWS):
+        block = slice(start, start + CHUNK_ROWS)
+        sums += weights[block].T.astype(np.float64) @ np.asarray(flat[block], dtype=np.float64)
+    return sums

@@ -1,0 +1,35 @@
+"""Subsample-and-assign: fit the expensive models on at most ``rows`` pixels, then label the rest.
+
+Large maps (256x256 binned and up) hold far more pixels than a mixture model or an embedding
+needs to find phases that cover >= 1 % of the map. The fitting set is a seeded uniform random
+sample (the same pixels for the same scan and seed); every other pixel is assigned afterwards:
+the GMM by its own ``predict_proba``, UMAP+HDBSCAN by a vote of its nearest fitted neighbours in
+the PCA-score space. Kept because the ARI against the truth held (benchmarks/bench_analyze.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ASSIGN_NEIGHBOURS = 15
+
+
+def sample_rows(n: int, rows: int | None, random_state: int | None) -> np.ndarray | None:
+    """Sorted row indices of the fitting set, or None when all ``n`` rows are used."""
+    if not rows or n <= rows:
+        return None
+    return np.sort(np.random.default_rng(random_state).choice(n, rows, replace=False))
+
+
+def assign_rest(features: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels for every row: the fitted rows keep theirs, the others take their neighbours' majority."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    full = np.empty(len(features), dtype=labels.dtype)
+    full[rows] = labels
+    rest = np.ones(len(features), dtype=bool)
+    rest[rows] = False
+    if rest.any():
+        vote = KNeighborsClassifier(n_neighbors=min(ASSIGN_NEIGHBOURS, len(rows)))
+        full[rest] = vote.fit(features[rows], labels).predict(features[rest])
+    return full
