@@ -19,7 +19,7 @@ from edxlive.service.pipeline.entropy import configurational_entropy
 from edxlive.service.pipeline.kfactors import KFactors, resolve_kfactors
 from edxlive.service.pipeline.meta import ScanMeta
 from edxlive.service.pipeline.pca_gmm import gmm, pca_scores
-from edxlive.service.pipeline.preprocess import prepare
+from edxlive.service.pipeline.preprocess import prepare, smooth_over_pixels
 from edxlive.service.pipeline.quantify import METHOD, Composition, estimate_shift, quantify
 from edxlive.service.pipeline.results import AnalysisParams, AnalysisResult, ClusterResult, WorkflowResult
 from edxlive.service.pipeline.spectra import hard_sums, soft_sums
@@ -110,7 +110,8 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
         workflows["pca_gmm"] = run_pca_gmm(ctx, pca, timings["preprocess_pca"])
     if "umap_hdbscan" in params.workflows:
         report("umap_hdbscan", 0.5)
-        features = prepared.X if params.faithful else _umap_features(prepared.X, pca)
+        features = prepared.X if params.faithful else smooth_over_pixels(
+            _umap_features(prepared.X, pca), prepared.observed, ctx.map_shape, params.umap_smoothing_px)
         workflows["umap_hdbscan"] = run_umap_hdbscan(ctx, features, timings["preprocess_pca"])
     report("verdict", 0.9)
     agreement = _agreement(workflows, prepared.observed)
@@ -176,6 +177,7 @@ def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> 
     sums, sizes = hard_sums(ctx.observed_flat, u.labels, n_clusters)
     clusters = ctx.clusters(sums, sizes)
     params = {"input": "scaled spectra" if p.faithful else f"PCA scores ({features.shape[1]} dims)",
+              "smoothing_px": 0.0 if p.faithful else p.umap_smoothing_px,
               "n_components": 4, "min_cluster_size": u.min_cluster_size, "random_state": p.random_state,
               "n_epochs": p.umap_epochs, "fit_rows": _fit_rows(p, len(features))}
     durations = {"pca": pca_seconds, **u.durations_s, "quantify": time.perf_counter() - t0}
