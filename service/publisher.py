@@ -17,11 +17,11 @@ import numpy as np
 import zmq
 
 from edxlive.service import protocol as p
+from edxlive.service.security import REFUSED_EVENTS
 
 log = logging.getLogger("edxlive.publisher")
 
 ControlHandler = Callable[[p.Request], p.Reply | None]
-_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH  # as in security.py
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> str:
@@ -47,7 +47,7 @@ class Outbound:
         if curve is not None:  # a socket has one monitor: the PUB's is this one, which reports refusals
             curve.apply_outbound(self.pub, monitor=False)  # type: ignore[attr-defined]
             curve.apply_outbound(self.router)  # type: ignore[attr-defined]
-        self.monitor = self.pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | _REFUSED)
+        self.monitor = self.pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | REFUSED_EVENTS)
         self.pub_endpoint = bind(self.pub, pub)
         self.control_endpoint = bind(self.router, control)
         self.latest: dict[str, list[bytes]] = {}
@@ -73,7 +73,7 @@ class Outbound:
 
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
-            if event & _REFUSED:  # a failed CURVE handshake; its connection's DISCONNECTED follows
+            if event & REFUSED_EVENTS:  # a failed CURVE handshake; its connection's DISCONNECTED follows
                 if self._curve is not None:
                     self._curve.handshake_failed("outbound", event)  # type: ignore[attr-defined]
                 continue

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 import zmq
 
 from edxlive.service import protocol as p
-
-_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH  # as in security.py
+from edxlive.service.security import REFUSED_EVENTS
 
 
 class Receiver:
@@ -37,7 +36,7 @@ class Receiver:
         events = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
         if curve is not None:
             curve.apply_inbound(self.socket, monitor=False)  # type: ignore[attr-defined]
-            events |= _REFUSED
+            events |= REFUSED_EVENTS
         self.monitor: zmq.Socket | None = self.socket.get_monitor_socket(events)
         self.disconnects = 0
         self._dropped: dict[str, float] = {}  # endpoint -> when it was dropped, until ZeroMQ retries it
@@ -68,7 +67,7 @@ class Receiver:
         while self.monitor is not None and self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
             endpoint = event["endpoint"].decode()
-            if event["event"] & _REFUSED:  # the CURVE setup counts it and reconnects it after a pause
+            if event["event"] & REFUSED_EVENTS:  # the CURVE setup counts it and reconnects it after a pause
                 self.curve.handshake_failed("inbound", event["event"], endpoint, self.socket)  # type: ignore[attr-defined]
                 self._refused.add(endpoint)
                 self._dropped.pop(endpoint, None)

@@ -96,7 +96,9 @@ def test_resumed_live_pca_equals_one_fed_everything(tmp_path: Path, cube: np.nda
     np.testing.assert_array_equal(live.S, ref.S)  # integer sums in float64: exact, not approximately equal
 
 
-def test_a_checkpoint_that_never_resumes_is_finished_as_aborted(tmp_path: Path, cube: np.ndarray) -> None:
+
+def _checkpointed_then_restarted(tmp_path: Path, cube: np.ndarray) -> tuple[Clock, Acquisition, Engine]:
+    """Frame 0 received and checkpointed by one engine; a second engine (the restarted daemon) loads it."""
     clock = Clock()
     first, acq = Engine(_settings(tmp_path), clock), Acquisition(cube)
     _run(first, [acq.start(), *acq.chunks(0)])
@@ -105,6 +107,10 @@ def test_a_checkpoint_that_never_resumes_is_finished_as_aborted(tmp_path: Path, 
     first.checkpoint(wait=True)
     second = Engine(_settings(tmp_path), clock)
     second.load_checkpoints(tmp_path)
+    return clock, acq, second
+
+def test_a_checkpoint_that_never_resumes_is_finished_as_aborted(tmp_path: Path, cube: np.ndarray) -> None:
+    clock, _acq, second = _checkpointed_then_restarted(tmp_path, cube)
     assert not _jobs(second.tick())
     clock.now += second.settings.inbound.heartbeat_timeout_s + 1
     (job,) = _jobs(second.tick())
@@ -114,14 +120,7 @@ def test_a_checkpoint_that_never_resumes_is_finished_as_aborted(tmp_path: Path, 
 
 
 def test_a_reused_scan_id_after_a_restart_does_not_mix_two_scans(tmp_path: Path, cube: np.ndarray) -> None:
-    clock = Clock()
-    first, acq = Engine(_settings(tmp_path), clock), Acquisition(cube)
-    _run(first, [acq.start(), *acq.chunks(0)])
-    clock.now += 2
-    first.tick()
-    first.checkpoint(wait=True)
-    second = Engine(_settings(tmp_path), clock)
-    second.load_checkpoints(tmp_path)
+    _clock, acq, second = _checkpointed_then_restarted(tmp_path, cube)
     other = acq.msg(p.ScanStart, scan_id="s1", shape=(4, 4), channels=CHANNELS, energy_offset_kev=0.0,
                     energy_scale_kev=0.1, frames=1)
     effects = second.handle(other)

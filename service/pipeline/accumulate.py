@@ -276,7 +276,6 @@ class Accumulator:
             self._add_keys(keys.astype(np.int64), counts.astype(np.uint64), int(counts.sum()))
         self.flush()
         self.counts_map = np.bincount(keys // self.channels, weights=counts, minlength=size // self.channels)
-        self.events = int(counts.sum(dtype=np.uint64))
 
 
 class _SparseCounts:
