@@ -3,7 +3,7 @@
 Baseline: `robust` (RobustScaler, the reference). Figure: `poisson`. Same phantom, same seeds.
 Accuracy: ARI of each workflow's labels against the truth, at the binned resolution, over all
 pixels and over the particles only (the carbon film's thickness texture aside). GMM k is fixed at
-6 (4 phases, film, vacuum) so that the scaling, not the BIC rule, is what differs.
+6 (4 phases, film, vacuum) and smoothing is off, so that the scaling alone is what differs.
 
     python benchmarks/bench_scaling.py [--counts 10] [--size 128] [--seeds 3]
 """
@@ -32,7 +32,8 @@ def main() -> None:
     for seed in range(args.seeds):
         cube, meta, truth, _ = phantom_cube("sulfide", (args.size, args.size), 2048, args.counts, seed=seed)
         for scaling in ("robust", "poisson"):
-            result = analyze_cube(cube, meta, AnalysisParams(scaling=scaling, gmm_k=6, random_state=seed))
+            params = AnalysisParams(scaling=scaling, gmm_k=6, random_state=seed, smoothing_px=0.0)
+            result = analyze_cube(cube, meta, params)
             particles = truth >= 1
             for wf, res in result.workflows.items():
                 scores[scaling][wf].append(ari(truth, res.labels))

@@ -35,11 +35,11 @@ def params_for(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
     params: dict[str, Any] = dict(
         workflows=list(a.workflows), scaling=a.scaling, gmm_k=a.gmm_k, gmm_k_max=a.gmm_k_max,
         min_cluster_size=a.min_cluster_size, umap_epochs=a.umap_epochs, random_state=a.random_state,
-        umap_smoothing_px=a.umap_smoothing_px, elements=list(q.elements),
+        smoothing_px=a.smoothing_px, elements=list(q.elements),
         kfactors=str(q.kfactors) if q.kfactors else None, anions=list(q.anions),
     )
     allowed = {"gmm_k", "min_cluster_size", "workflows", "scaling", "elements", "random_state", "umap_epochs",
-               "umap_smoothing_px"}
+               "smoothing_px"}
     params.update({k: v for k, v in overrides.items() if k in allowed})
     return params
 

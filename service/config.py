@@ -73,7 +73,7 @@ class AnalysisConfig(_Section):
     gmm_k_max: int = Field(default=8, ge=2, le=32)
     min_cluster_size: int | None = Field(default=None, ge=2)
     umap_epochs: int | None = Field(default=None, ge=10)
-    umap_smoothing_px: float = Field(default=0.0, ge=0, le=5)  # docs/analysis.md, "Spatial smoothing"
+    smoothing_px: float = Field(default=1.0, ge=0, le=5)  # docs/analysis.md, "Spatial smoothing"
     random_state: int | None = 0
     executor: str = "local"
     workers: int = Field(default=1, ge=1, le=64)

@@ -89,15 +89,20 @@ def test_faithful_mode_runs_the_reference_method() -> None:
 
 def test_subsample_and_assign_labels_every_pixel_like_the_full_fit() -> None:
     """Models fitted on 1024 of the 4096 binned pixels, the rest assigned: every pixel has a label,
-    and the GMM's partition matches the one fitted on every pixel."""
+    and the GMM finds the phases in the particles as well as the fit on every pixel does."""
     from sklearn.metrics import adjusted_rand_score
 
-    full, _ = _analysed("sulfide")  # 64x64 binned: under the default fit_rows, a full fit
-    sub, _ = _analysed("sulfide", fit_rows=1024)
+    ph = make_phantom("sulfide", seed=0)
+    truth = ph.truth_labels[::2, ::2].ravel()
+    particles = truth > 0
+    # the same k for both (BIC on 1024 pixels may suggest another): the assignment is under test
+    full, _ = _analysed("sulfide", gmm_k=5)  # 64x64 binned: under the default fit_rows, a full fit
+    sub, _ = _analysed("sulfide", gmm_k=5, fit_rows=1024)
     g_full, g_sub = full.workflows["pca_gmm"], sub.workflows["pca_gmm"]
     assert g_sub.params["fit_rows"] == 1024 and g_full.params["fit_rows"] == g_full.labels.size
     assert (g_sub.labels >= 0).all()
-    assert adjusted_rand_score(g_full.labels.ravel(), g_sub.labels.ravel()) > 0.8
+    ari_full, ari_sub = (adjusted_rand_score(truth[particles], g.labels.ravel()[particles]) for g in (g_full, g_sub))
+    assert ari_sub > ari_full - 0.05 and ari_full > 0.8, (ari_full, ari_sub)
     umap = sub.workflows["umap_hdbscan"]
     assert umap.params["fit_rows"] == 1024 and "assign" in umap.durations_s
     assert umap.labels.shape == g_sub.labels.shape and umap.labels.max() >= 1
@@ -114,7 +119,7 @@ def test_robust_scaling_is_scikit_learns() -> None:
 
 
 def test_spatial_smoothing_lifts_umap_hdbscan_at_low_counts() -> None:
-    """The option (analysis.umap_smoothing_px): UMAP's input averaged over neighbouring pixels, on a
+    """The option (analysis.smoothing_px): UMAP's input averaged over neighbouring pixels, on a
     10 counts/px phantom, finds the phases far better; cluster sums still come from the raw counts."""
     from sklearn.metrics import adjusted_rand_score
 
@@ -125,7 +130,7 @@ def test_spatial_smoothing_lifts_umap_hdbscan_at_low_counts() -> None:
     truth = ph.truth_labels[::2, ::2]
     scores = {}
     for sigma in (0.0, 1.0):
-        result = analyze_cube(cube, meta, AnalysisParams(workflows=["umap_hdbscan"], umap_smoothing_px=sigma))
+        result = analyze_cube(cube, meta, AnalysisParams(workflows=["umap_hdbscan"], smoothing_px=sigma))
         wf = result.workflows["umap_hdbscan"]
         assert wf.params["smoothing_px"] == sigma
         scores[sigma] = adjusted_rand_score(truth.ravel(), wf.labels.ravel())
@@ -143,3 +148,53 @@ def test_smoothing_ignores_unobserved_pixels() -> None:
     out = smooth_over_pixels(features, observed, (4, 4), 1.0)
     np.testing.assert_allclose(out, 3.0)  # a constant map stays constant: the gap is not a zero
     assert smooth_over_pixels(features, observed, (4, 4), 0.0) is features
+
+
+def _z_scores(cluster, truth: dict[str, float]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """(measured − true) / σ for every element but the film's C, renormalised without it."""
+    at = {el: v for el, v in cluster.composition.at_pct.items() if el != "C"}
+    total = sum(v for v, _ in at.values()) / 100.0
+    return {el: (v / total - truth.get(el, 0.0)) / max(s / total, 1e-9) for el, (v, s) in at.items()}
+
+
+@functools.cache
+def _low_dose(tmp: str) -> tuple[AnalysisResult, np.ndarray, dict[int, dict[str, float]]]:
+    from pathlib import Path
+
+    ph = make_phantom("sulfide", seed=0, counts_per_pixel=10.0)
+    meta = ph.meta
+    meta.binning = 2
+    kfile = Path(tmp) / "phantom_kfactors.toml"  # the phantom's own k-factors, as a user's file
+    kfile.write_text("[kfactors]\n" + "".join(f'"{ln}" = {v!r}\n' for ln, v in ph.kfactors.values.items()))
+    result = analyze_cube(offline_bin(ph.counts, 2), meta, AnalysisParams(kfactors=kfile))
+    return result, ph.truth_labels[::2, ::2], ph.phases
+
+
+def test_low_dose_phases_are_found_by_both_workflows(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """10 counts/px (the sulfide phantom, Ag/Cd/In L and Cu Kβ/Zn Kα overlapping), BIC's own k:
+    both workflows find the phases in the particles (ARI against the truth)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    result, truth, _ = _low_dose(str(tmp_path_factory.mktemp("k")))
+    assert result.kfactors_source.startswith("file")
+    particles = truth >= 1
+    for name, wf in result.workflows.items():
+        assert adjusted_rand_score(truth.ravel(), wf.labels.ravel()) > 0.6, name
+        assert adjusted_rand_score(truth[particles], wf.labels[particles]) > 0.75, name
+
+
+def test_low_dose_compositions_are_recovered_within_their_sigma(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The two phases resolved at 10 counts/px, in both workflows: the cluster holding most of a
+    phase's pixels is quantified (its interior) close to the truth in units of its own σ. Of 32
+    element values most fall within 2σ, none beyond 4σ (the two wurtzites stay merged at this
+    dose, docs/analysis.md)."""
+    result, truth, phases = _low_dose(str(tmp_path_factory.mktemp("k")))
+    z = []
+    for wf in result.workflows.values():
+        for pid in (1, 2):
+            inside = wf.labels[truth == pid]
+            cluster = wf.clusters[int(np.bincount(inside[inside >= 0]).argmax())]
+            assert cluster.quantified_pixels < cluster.n_pixels  # its interior, not its edges
+            z += list(_z_scores(cluster, phases[pid]).values())
+    z = np.abs(np.array(z))
+    assert np.mean(z <= 2) >= 0.75 and z.max() < 4, np.round(z, 1)

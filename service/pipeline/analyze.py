@@ -22,7 +22,7 @@ from edxlive.service.pipeline.pca_gmm import gmm, pca_scores
 from edxlive.service.pipeline.preprocess import prepare, smooth_over_pixels
 from edxlive.service.pipeline.quantify import METHOD, Composition, estimate_shift, quantify
 from edxlive.service.pipeline.results import AnalysisParams, AnalysisResult, ClusterResult, WorkflowResult
-from edxlive.service.pipeline.spectra import hard_sums, soft_sums
+from edxlive.service.pipeline.spectra import hard_sums, interior, one_hot, quantified_sums, soft_sums
 from edxlive.service.pipeline.umap_hdbscan import umap_hdbscan
 from edxlive.service.pipeline.verdict import LOW_COUNTS_PER_PX, Member, build_verdict, role_of
 
@@ -36,18 +36,24 @@ class Context:
     """What every workflow needs: the raw counts, the quantification setup, the observed pixels."""
 
     def __init__(self, cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, observed: np.ndarray,
-                 elements: list[str], kfactors: KFactors, shift: float) -> None:
+                 elements: list[str], kfactors: KFactors, shift: float, dose: np.ndarray | None = None) -> None:
         self.flat = cube.reshape(-1, cube.shape[-1])
         self.meta, self.params, self.observed = meta, params, observed
         self.elements, self.kfactors, self.shift = elements, kfactors, shift
         self.map_shape = cube.shape[:2]
+        self.dose = dose
         # profiled: flat[observed] copies the whole cube (1 GiB at 256x256x2048); skip it when every pixel is in
         self.observed_flat = self.flat if observed.all() else self.flat[observed]
         self.mean_cpp = float(self.observed_flat.sum(dtype=np.float64) / max(observed.sum(), 1))
 
-    def clusters(self, sums: np.ndarray, sizes: np.ndarray) -> list[ClusterResult]:
+    def clusters(self, sums: np.ndarray, sizes: np.ndarray, weights: np.ndarray, labels: np.ndarray
+                 ) -> list[ClusterResult]:
+        """Clusters from their sums; each quantified from its interior (spectra.py) where that holds
+        enough counts, so that pixels straddling two phases do not blur the composition."""
         n_obs = max(int(self.observed.sum()), 1)
-        comps = quantify(sums, self.meta, self.elements, self.kfactors, self.shift) if len(sums) else []
+        inner = interior(weights, labels, self.observed, self.map_shape)
+        qsums, qpixels = quantified_sums(self.observed_flat, weights, inner, sums)
+        comps = quantify(qsums, self.meta, self.elements, self.kfactors, self.shift) if len(sums) else []
         out = []
         for k, (total, size) in enumerate(zip(sums, sizes, strict=True)):
             cpp = float(total.sum() / size) if size else 0.0
@@ -58,8 +64,18 @@ class Context:
             entropy = None
             if role == "phase" and comp is not None:
                 entropy = configurational_entropy({el: v for el, (v, _) in comp.at_pct.items()}, self.params.anions)
-            out.append(ClusterResult(k, float(size), float(size) / n_obs, cpp, comp, entropy, role))
+            out.append(ClusterResult(k, float(size), float(size) / n_obs, cpp, comp, entropy, role,
+                                     float(qpixels[k])))
         return out
+
+    def smooth(self, features: np.ndarray) -> np.ndarray:
+        """The clustering features averaged over neighbouring pixels, edge-aware (preprocess.py)."""
+        if self.params.smoothing_px <= 0:
+            return features
+        totals = self.flat.sum(axis=1, dtype=np.float64)
+        if self.dose is not None:  # a pixel that lost frames is not thinner: compare doses alike
+            totals = totals / np.maximum(self.dose.reshape(-1), 1e-12)
+        return smooth_over_pixels(features, self.observed, self.map_shape, self.params.smoothing_px, totals)
 
     def membership_map(self, memberships: np.ndarray) -> np.ndarray:
         full = np.zeros((self.flat.shape[0], memberships.shape[1]), dtype=np.float32)
@@ -103,15 +119,15 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
                        fit_rows=fit_rows, random_state=params.random_state)
     pca = pca_scores(prepared.X, random_state=params.random_state, fit_rows=fit_rows)
     timings["preprocess_pca"] = time.perf_counter() - t1
-    ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift)
+    ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift, dose)
     workflows: dict[str, WorkflowResult] = {}
     if "pca_gmm" in params.workflows:
         report("pca_gmm", 0.3)
-        workflows["pca_gmm"] = run_pca_gmm(ctx, pca, timings["preprocess_pca"])
+        workflows["pca_gmm"] = run_pca_gmm(ctx, pca.scores if params.faithful else ctx.smooth(pca.scores), pca,
+                                           timings["preprocess_pca"])
     if "umap_hdbscan" in params.workflows:
         report("umap_hdbscan", 0.5)
-        features = prepared.X if params.faithful else smooth_over_pixels(
-            _umap_features(prepared.X, pca), prepared.observed, ctx.map_shape, params.umap_smoothing_px)
+        features = prepared.X if params.faithful else ctx.smooth(_umap_features(prepared.X, pca))
         workflows["umap_hdbscan"] = run_umap_hdbscan(ctx, features, timings["preprocess_pca"])
     report("verdict", 0.9)
     agreement = _agreement(workflows, prepared.observed)
@@ -150,16 +166,17 @@ def _umap_features(X: np.ndarray, pca) -> np.ndarray:
     return PCA(n_components=min(n, *X.shape), random_state=0).fit_transform(X)
 
 
-def run_pca_gmm(ctx: Context, pca, pca_seconds: float) -> WorkflowResult:
+def run_pca_gmm(ctx: Context, scores: np.ndarray, pca, pca_seconds: float) -> WorkflowResult:
     p = ctx.params
     t0 = time.perf_counter()
-    g = gmm(pca.scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows)
+    g = gmm(scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows)
     t1 = time.perf_counter()
     sums, sizes = soft_sums(ctx.observed_flat, g.memberships)
-    clusters = ctx.clusters(sums, sizes)
+    clusters = ctx.clusters(sums, sizes, g.memberships, g.labels)
     t2 = time.perf_counter()
     params = {"scaling": "robust" if p.faithful else p.scaling, "n_components": pca.n_keep, "k": g.k,
               "k_source": "user" if p.gmm_k else "BIC", "random_state": p.random_state,
+              "smoothing_px": 0.0 if p.faithful else p.smoothing_px,
               "fit_rows": _fit_rows(p, len(pca.scores))}
     extras = {"scree": [round(float(v), 6) for v in pca.scree], "bic": {str(k): v for k, v in g.bic.items()},
               "suggested_k": g.suggested_k}
@@ -175,9 +192,9 @@ def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> 
     t0 = time.perf_counter()
     n_clusters = int(u.labels.max()) + 1 if u.labels.size and u.labels.max() >= 0 else 0
     sums, sizes = hard_sums(ctx.observed_flat, u.labels, n_clusters)
-    clusters = ctx.clusters(sums, sizes)
+    clusters = ctx.clusters(sums, sizes, one_hot(u.labels, n_clusters), u.labels)
     params = {"input": "scaled spectra" if p.faithful else f"PCA scores ({features.shape[1]} dims)",
-              "smoothing_px": 0.0 if p.faithful else p.umap_smoothing_px,
+              "smoothing_px": 0.0 if p.faithful else p.smoothing_px,
               "n_components": 4, "min_cluster_size": u.min_cluster_size, "random_state": p.random_state,
               "n_epochs": p.umap_epochs, "fit_rows": _fit_rows(p, len(features))}
     durations = {"pca": pca_seconds, **u.durations_s, "quantify": time.perf_counter() - t0}

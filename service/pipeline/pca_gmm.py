@@ -5,8 +5,11 @@ first ``max_components``, it is the component farthest below the straight line f
 the last point (the "knee"); at least 2 are kept. The scree is reported either way.
 
 GMM k: the user's; when none is given, BIC is computed for k = 1..k_max and the suggestion is
-the knee of the BIC curve (the point farthest below the chord), because on thousands of pixels
-BIC keeps falling slowly long after the real phases are found. The curve is reported.
+the smallest k that gains 99 % of the BIC improvement from k = 1 to the curve's minimum
+(BIC_GAIN). On thousands of pixels BIC keeps falling slowly long after the real phases are found,
+so its minimum over-splits; the knee of the curve under-splits at low counts, where film against
+particles is nearly the whole gain (k = 2 on the 10 counts/px sulfide phantom; docs/analysis.md).
+The curve is reported.
 
 ``fit_rows`` (fast mode): PCA and the GMM are fitted on a seeded random sample of at most that
 many pixels, then every pixel is projected / given its memberships (subsample.py). The faithful
@@ -48,6 +51,19 @@ def knee(values: np.ndarray) -> int:
     return int(np.argmax(chord - values))
 
 
+BIC_GAIN = 0.99
+
+
+def suggest_k(bic: dict[int, float]) -> int:
+    """The smallest k whose BIC has made BIC_GAIN of the fall from k = 1 to the minimum."""
+    ks = sorted(bic)
+    values = np.array([bic[k] for k in ks])
+    fall = values[0] - values.min()
+    if fall <= 0:
+        return ks[0]
+    return ks[int(np.argmax(values[0] - values >= BIC_GAIN * fall))]
+
+
 def pca_scores(X: np.ndarray, max_components: int = 20, random_state: int | None = 0,
                fit_rows: int | None = None) -> PCAResult:
     from sklearn.decomposition import PCA
@@ -70,9 +86,18 @@ def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | N
     rows = sample_rows(len(scores), fit_rows, random_state)
     fit_on = scores if rows is None else scores[rows]
 
+    scale = max(float(fit_on.var(axis=0).mean()), 1e-12) if len(fit_on) else 1.0
+
     def fit(n: int) -> GaussianMixture:
-        return GaussianMixture(n_components=n, covariance_type="full", random_state=random_state,
-                               n_init=2, reg_covar=1e-5).fit(fit_on)
+        # Many identical points (an empty corner of the map, equal after smoothing) can collapse a
+        # component onto zero covariance; a larger regularisation, relative to the data, fits them.
+        for reg in (1e-5, 1e-3 * scale, 1e-1 * scale):
+            try:
+                return GaussianMixture(n_components=n, covariance_type="full", random_state=random_state,
+                                       n_init=2, reg_covar=reg).fit(fit_on)
+            except ValueError:
+                continue
+        raise ValueError(f"the Gaussian mixture with k = {n} does not fit these data; choose a smaller k")
 
     bic: dict[int, float] = {}
     models = {}
@@ -81,9 +106,33 @@ def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | N
         for n in range(1, min(k_max, len(fit_on) - 1) + 1):
             models[n] = fit(n)
             bic[n] = float(models[n].bic(fit_on))
-        ks = sorted(bic)
-        suggested = ks[knee(np.array([bic[n] for n in ks]))]
+        suggested = suggest_k(bic)
         k = max(suggested, 1)
     model = models.get(k) or fit(k)
+    if rows is not None:
+        model = _refine_on_all(model, scores)
     memberships = model.predict_proba(scores)
     return GMMResult(memberships.argmax(axis=1), memberships, k, bic, suggested)
+
+
+REFINE_ITERATIONS = 20
+
+
+def _refine_on_all(model, scores: np.ndarray):  # type: ignore[no-untyped-def]
+    """A few EM steps on every pixel, from the sample's fit: the same clusters, their means and
+    covariances no longer subject to which pixels were sampled (docs/performance.md: the fast
+    mode's ARI against the truth then matches the faithful full fit). A step that fails (a
+    collapsing component) keeps the sample's fit."""
+    import copy
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    refined = copy.deepcopy(model).set_params(warm_start=True, max_iter=REFINE_ITERATIONS, tol=1e-4)
+    with warnings.catch_warnings():
+        # stopping after REFINE_ITERATIONS is the intent, not a failure
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            return refined.fit(scores)
+        except ValueError:
+            return model

@@ -86,25 +86,44 @@ def robust_scale(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
 
 
 def smooth_over_pixels(features: np.ndarray, observed: np.ndarray, map_shape: tuple[int, int],
-                       sigma_px: float) -> np.ndarray:
+                       sigma_px: float, totals: np.ndarray | None = None, tau: float = 0.5) -> np.ndarray:
     """Each observed pixel's features averaged with its neighbours' (Gaussian weights, σ in pixels).
 
     Neighbouring pixels of a map mostly belong to one phase, while their Poisson noise is
-    independent: averaging them before UMAP builds its neighbour graph removes much of the noise
-    that, at a few counts per pixel, otherwise fragments the graph. Unobserved pixels do not take
-    part (normalised convolution), so a map with gaps is not darkened at their edges.
+    independent: averaging them removes much of the noise that, at a few counts per pixel,
+    otherwise fragments the clusters. Unobserved pixels do not take part (normalised convolution).
+    With ``totals`` (counts per pixel) the average is edge-aware: a neighbour's weight also falls
+    as exp(−Δ²/2τ²) with Δ the difference of log(1 + counts), so a thin film next to a particle
+    (a few counts against tens) does not take the particle's signal, nor the particle the film's.
     """
     if sigma_px <= 0:
         return features
-    from scipy.ndimage import gaussian_filter
-
     ny, nx = map_shape
-    weight = gaussian_filter(observed.reshape(ny, nx).astype(np.float64), sigma_px, mode="nearest")
     grid = np.zeros((ny * nx, features.shape[1]), dtype=np.float64)
     grid[observed] = features
-    out = np.empty_like(features, dtype=np.float64)
-    for j in range(features.shape[1]):
-        smoothed = gaussian_filter(grid[:, j].reshape(ny, nx), sigma_px, mode="nearest") / np.maximum(weight, 1e-12)
-        out[:, j] = smoothed.reshape(-1)[observed]
-    return out
+    grid = grid.reshape(ny, nx, -1)
+    guide = np.log1p(np.zeros(ny * nx) if totals is None else totals.reshape(-1).astype(np.float64)).reshape(ny, nx)
+    obs = observed.reshape(ny, nx).astype(np.float64)
+    radius = max(1, int(np.ceil(3 * sigma_px)))
+    acc = np.zeros_like(grid)
+    norm = np.zeros((ny, nx))
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy == dx == 0:
+                continue
+            w_space = np.exp(-(dy * dy + dx * dx) / (2 * sigma_px ** 2))
+            nb_obs, nb_guide, nb_feat = (_shifted(a, dy, dx) for a in (obs, guide, grid))
+            w = w_space * nb_obs * np.exp(-((nb_guide - guide) ** 2) / (2 * tau ** 2))
+            acc += w[..., None] * nb_feat
+            norm += w
+    alone = norm <= 1e-12  # no observed neighbour: the pixel's own features are all there is
+    out = np.where(alone[..., None], grid, acc / np.where(alone, 1.0, norm)[..., None])
+    return out.reshape(ny * nx, -1)[observed]
 
+
+def _shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """a[y + dy, x + dx], edges repeated (as scipy's mode="nearest")."""
+    ny, nx = a.shape[:2]
+    rows = np.clip(np.arange(ny) + dy, 0, ny - 1)
+    cols = np.clip(np.arange(nx) + dx, 0, nx - 1)
+    return a[rows][:, cols]

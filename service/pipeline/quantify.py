@@ -9,7 +9,8 @@ Model (the same physics as exspy's EDS model, solved as a linear problem):
 - ``background``: Kramers' continuum times a quadratic in E (three free coefficients).
 Because the line energies and widths are fixed, the model is linear in its coefficients, so it
 is solved by bounded weighted least squares (scipy ``lsq_linear``: line intensities ≥ 0, which
-clips absent lines at zero) with Poisson weights 1/max((model + data)/2, 1), iterated. Overlapping
+clips absent lines at zero) with Poisson weights 1/max(model, data/2), iterated to the Poisson
+maximum-likelihood fit. Overlapping
 lines (Ag/Cd/In L, Mn Kβ/Fe Kα, Cu Kβ/Zn Kα, S K/Mo L/Pb M) are separated by the fit, not by windows.
 
 Cliff–Lorimer: the reported wt% and at% are exspy's (``exspy_cl.py``, its public quantification API).
@@ -32,8 +33,8 @@ from edxlive.service.pipeline.kfactors import KFactors
 from edxlive.service.pipeline.meta import ScanMeta
 
 METHOD = ("linear model fit (Gaussian lines at detector resolution, exspy line table, Kramers x quadratic "
-          "background), bounded Poisson-weighted least squares; exspy Cliff-Lorimer (wt) -> at%; 1 sigma from the "
-          "fit covariance propagated analytically")
+          "background), bounded Poisson maximum likelihood (iteratively reweighted least squares); exspy "
+          "Cliff-Lorimer (wt) -> at%; 1 sigma from the fit covariance propagated analytically")
 FIT_RANGE_KEV = (0.2, 20.0)
 MIN_LINE_COUNTS = 25.0  # below this total line signal a spectrum is reported as vacuum
 
@@ -92,26 +93,47 @@ def _families_in_range(elements: list[str], emin: float, emax: float) -> list[st
     return out
 
 
-def fit(spectrum: np.ndarray, model: Model) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients and their covariance (bounded, Poisson-weighted, two reweighting passes)."""
+MAX_PASSES = 12
+
+
+def fit(spectrum: np.ndarray, model: Model, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and their covariance: bounded weighted least squares, reweighted by the model
+    until the coefficients settle. With weights 1/model this is iteratively reweighted least
+    squares for a Poisson likelihood with an identity link, whose fixed point is the maximum-
+    likelihood fit; plain data weights (or a floor of one count per channel, as before
+    2026-11-26) bias the intensities at a few counts per channel by up to 1.5σ
+    (docs/quantification.md §4)."""
     y = np.asarray(spectrum, dtype=np.float64)[model.rng]
     A = model.design
     n_lines = len(model.families)
     lower = np.r_[np.zeros(n_lines), np.full(3, -np.inf)]
     upper = np.full(A.shape[1], np.inf)
     weights = 1.0 / np.maximum(y, 1.0)
-    for _ in range(3):
+    floor = variance_floor(y)
+    previous = None
+    for _ in range(max_passes):
         sw = np.sqrt(weights)
-        sol = lsq_linear(A * sw[:, None], y * sw, bounds=(lower, upper), method="bvls")
-        weights = 1.0 / poisson_variance(A @ sol.x, y)
+        x = lsq_linear(A * sw[:, None], y * sw, bounds=(lower, upper), method="bvls").x
+        weights = 1.0 / poisson_variance(A @ x, y, floor)
+        if previous is not None and np.allclose(x, previous, rtol=1e-6, atol=1e-6 * max(1.0, float(y.sum()))):
+            break
+        previous = x
     cov = np.linalg.pinv((A * weights[:, None]).T @ A)
-    return sol.x, cov
+    return x, cov
 
 
-def poisson_variance(model: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """Variance per channel: the model's where it fits; a peak the model lacks (data ≫ model) must
-    not get a tiny variance and dominate the fit, hence the mean of model and data, at least 1."""
-    return np.maximum(0.5 * (model + data), 1.0)
+def poisson_variance(model: np.ndarray, data: np.ndarray, floor: float) -> np.ndarray:
+    """Variance per channel: the model's where it fits (Poisson). A peak the model lacks (data ≫
+    model: an element not in the list, an escape peak) must not get a tiny variance and pull the
+    fit, hence at least half the data. The floor keeps a channel where the free background dips
+    to zero from taking a huge weight, which would also shrink every σ."""
+    return np.maximum(np.maximum(model, 0.5 * data), floor)
+
+
+def variance_floor(data: np.ndarray) -> float:
+    """Half the spectrum's mean counts per channel (at least 10⁻³): far below any channel the model
+    describes, so the fit stays the maximum-likelihood one where it matters."""
+    return max(0.5 * float(np.mean(data)), 1e-3)
 
 
 def quantify(spectra: np.ndarray, meta: ScanMeta, elements: list[str], kfactors: KFactors,
@@ -185,10 +207,10 @@ def estimate_shift(spectrum: np.ndarray, meta: ScanMeta, elements: list[str], ma
     best, best_chi = 0.0, np.inf
     for shift in np.arange(-max_shift_kev, max_shift_kev + step_kev / 2, step_kev):
         model = build_model(meta, elements, float(shift))
-        coef, _ = fit(spectrum, model)
+        coef, _ = fit(spectrum, model, max_passes=3)  # ranks shifts; the sum spectrum has counts enough
         y = np.asarray(spectrum, dtype=np.float64)[model.rng]
         resid = y - model.design @ coef
-        chi = float(np.sum(resid**2 / poisson_variance(model.design @ coef, y)))
+        chi = float(np.sum(resid**2 / poisson_variance(model.design @ coef, y, variance_floor(y))))
         if chi < best_chi:
             best, best_chi = float(shift), chi
     return best

@@ -33,10 +33,9 @@ class AnalysisParams:
     # cluster_channels energy channels (quantification always uses the full resolution)
     fit_rows: int | None = 8192
     cluster_channels: int = 1024
-    # fast mode only: UMAP's features smoothed over neighbouring pixels (Gaussian, σ in binned pixels;
-    # 0 = off, the default): on the phantoms at a few counts/px it lifts the ARI against the truth
-    # from ~0.1 to ~0.5–0.7, but see docs/analysis.md before turning it on; cluster sums stay raw
-    umap_smoothing_px: float = 0.0
+    # fast mode only: both workflows' clustering features averaged over neighbouring pixels, edge-aware
+    # (Gaussian, σ in binned pixels; 0 = off); measured in docs/analysis.md §3. Cluster sums stay raw.
+    smoothing_px: float = 1.0
 
 
 @dataclass
@@ -48,12 +47,15 @@ class ClusterResult:
     composition: Composition | None
     entropy: Entropy | None
     role: str = "phase"  # phase | vacuum | support
+    quantified_pixels: float | None = None  # the pixels whose summed counts were quantified (the interior)
 
     def to_json(self) -> dict[str, Any]:
         comp = self.composition
         return {
             "id": self.id, "n_pixels": round(float(self.n_pixels), 2), "area_fraction": self.area_fraction,
             "counts_per_pixel": self.counts_per_pixel, "role": self.role,
+            "quantified_pixels": round(float(self.n_pixels if self.quantified_pixels is None
+                                             else self.quantified_pixels), 2),
             "vacuum": self.role == "vacuum",
             "composition_at_pct": {} if comp is None or comp.vacuum else
             {el: [round(v, 3), round(s, 3)] for el, (v, s) in comp.at_pct.items()},

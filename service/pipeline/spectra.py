@@ -2,6 +2,10 @@
 
 Hard labels sum member pixels (noise −1 excluded); soft memberships (GMM) weight every pixel by
 its membership, so a pixel shared between two clusters is shared in their sums too.
+
+``interior`` keeps, of each cluster, the members whose eight neighbours are members too: the
+pixels away from the cluster's edges, where a binned pixel can straddle two phases or a phase and
+the film. Quantification uses their sum (analyze.py; docs/analysis.md §4).
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ import numpy as np
 CHUNK_ROWS = 4096  # profiled: converting the whole cube to float64 at once (1-2 GiB) cost more than the product
 
 
+def one_hot(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Hard labels as weights (pixels × clusters); noise (−1) has none."""
+    return (labels[:, None] == np.arange(n_clusters)[None, :]).astype(np.float64)
+
+
 def hard_sums(flat: np.ndarray, labels: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
     """(sums (k, channels), pixel counts (k,)) over pixels with label 0..k-1."""
-    onehot = labels[:, None] == np.arange(n_clusters)[None, :]
-    return _weighted_sums(flat, onehot), onehot.sum(axis=0).astype(np.float64)
+    onehot = one_hot(labels, n_clusters)
+    return _weighted_sums(flat, onehot), onehot.sum(axis=0)
 
 
 def soft_sums(flat: np.ndarray, memberships: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,3 +38,33 @@ def _weighted_sums(flat: np.ndarray, weights: np.ndarray) -> np.ndarray:
         block = slice(start, start + CHUNK_ROWS)
         sums += weights[block].T.astype(np.float64) @ np.asarray(flat[block], dtype=np.float64)
     return sums
+
+
+INTERIOR_MIN_SHARE = 0.25  # a cluster whose interior holds less of its counts is quantified whole
+
+
+def interior(weights: np.ndarray, labels: np.ndarray, observed: np.ndarray, map_shape: tuple[int, int]
+             ) -> np.ndarray:
+    """``weights`` (observed pixels × clusters) zeroed outside each cluster's interior: the
+    pixels whose 3×3 neighbourhood lies wholly in the cluster by ``labels`` (hard, observed pixels)."""
+    from scipy.ndimage import binary_erosion
+
+    full = np.full(observed.size, -1, dtype=np.int64)
+    full[observed] = labels
+    grid = full.reshape(map_shape)
+    inner = np.zeros_like(weights, dtype=bool)
+    for k in range(weights.shape[1]):
+        # border_value=1: the map's edge is not a boundary between phases
+        inner[:, k] = binary_erosion(grid == k, np.ones((3, 3), bool), border_value=1).reshape(-1)[observed]
+    return np.where(inner, weights, 0)
+
+
+def quantified_sums(flat: np.ndarray, weights: np.ndarray, inner_weights: np.ndarray, sums: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, the interior's sum where it holds at least INTERIOR_MIN_SHARE of the counts, else
+    the whole cluster's; and how many pixels (Σ weights) each sum covers."""
+    inner_sums = _weighted_sums(flat, inner_weights)
+    use = inner_sums.sum(axis=1) >= INTERIOR_MIN_SHARE * np.maximum(sums.sum(axis=1), 1e-12)
+    chosen = np.where(use[:, None], inner_sums, sums)
+    pixels = np.where(use, inner_weights.sum(axis=0), weights.sum(axis=0)).astype(np.float64)
+    return chosen, pixels
