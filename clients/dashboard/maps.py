@@ -23,6 +23,10 @@ GRAPHICS_MIN_SIDE = 512  # pixels: enough for a sharp map in any cell size
 
 def detect_graphics() -> bool:
     """Ask the terminal (before Textual owns it) whether it speaks Sixel or the Kitty graphics protocol."""
+    from edxlive.clients.dashboard.terminal import graphics_hint
+
+    if not graphics_hint():  # the common case: textual-image and its slower probes are not needed
+        return False
     try:
         from textual_image import renderable
         from textual_image import widget as _widget  # noqa: F401  (measures the cell size while it still can)
