@@ -131,13 +131,16 @@ class Dashboard(App[int]):
             feed.close()
 
     def on_endpoint(self, event: Endpoint) -> None:
+        if not self.is_running:
+            return
         self.sub_title = event.endpoint
         if not self.state.connected and self.state.daemon_uid is None:
             self.state.connection_detail = f"connecting to {event.endpoint}…"
             self._show_connection()
 
     def on_feed_items(self, event: FeedItems) -> None:
-        self.apply_items(event.items)
+        if self.is_running:  # False once shutdown began: a late batch would find no widgets to draw on
+            self.apply_items(event.items)
 
     def apply_items(self, items: list[Any]) -> None:
         """Apply a batch of feed items and redraw what changed (also used by tests and screenshots)."""
