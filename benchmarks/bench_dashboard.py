@@ -8,7 +8,9 @@ interpreter (so imports count) to
 (a) the first frame painted: the first screen update Textual hands to its driver (``App._display``),
 (b) the first frame as `run_test` sees it: the first ``pilot.pause()``, which returns once the
     process has gone idle, so it also waits for the feed thread's connection and first documents,
-(c) the first frame drawn with the scan's result on screen.
+(c) the first frame drawn with the scan's result on screen, as `run_test` sees it (a ``pause()``
+    after the result arrived), and (d) painted: the first update handed to the driver after the
+    feed's batch with the result was applied.
 Baseline, same method and run: a bare Textual app (one Static) to its first frame, (a) and (b).
 Each also gives the child's CPU seconds (all threads) by then: less sensitive to a shared machine's
 load than the wall clock, and about what the wall clock would be on an idle one.
@@ -43,17 +45,17 @@ from common import machine, start_daemon, stop_daemon, wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 
-# (a): time of the first update Textual hands to its driver (headless: the driver discards it).
+# (wall, CPU) of every update Textual hands to its driver (headless: the driver discards it).
 PAINTED = """
 import time
 from textual.app import App
 PAINTED = []
 _display = App._display
-def _first_display(self, screen, renderable):
-    if renderable is not None and not self._batch_count and not PAINTED:
-        PAINTED.extend((time.time(), time.process_time()))
+def _display_timed(self, screen, renderable):
     _display(self, screen, renderable)
-App._display = _first_display
+    if renderable is not None and not self._batch_count:
+        PAINTED.append((time.time(), time.process_time()))
+App._display = _display_timed
 """
 
 BARE = PAINTED + """
@@ -68,8 +70,8 @@ class Bare(App):
 async def main():
     async with Bare().run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        print(PAINTED[0], time.time())
-        print(PAINTED[1], time.process_time())
+        print(PAINTED[0][0], time.time())
+        print(PAINTED[0][1], time.process_time())
 
 asyncio.run(main())
 """
@@ -80,6 +82,13 @@ from edxlive.clients.dashboard.app import Dashboard
 
 async def main():
     app = Dashboard(sys.argv[1])
+    applied = []  # when the feed's batch with the result had been applied
+    apply = app.apply_items
+    def apply_items(items):
+        apply(items)
+        if app.state.result is not None and not applied:
+            applied.append(time.time())
+    app.apply_items = apply_items
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         first, first_cpu = time.time(), time.process_time()
@@ -87,8 +96,10 @@ async def main():
         while app.state.result is None and time.monotonic() < deadline:
             await pilot.pause(0.005)
         await pilot.pause()  # the frame that shows it
-        print(PAINTED[0], first, time.time() if app.state.result is not None else -1)
-        print(PAINTED[1], first_cpu, time.process_time())
+        shown, shown_cpu = (time.time(), time.process_time()) if app.state.result is not None else (-1, -1)
+        painted = next(((w, c) for w, c in PAINTED if applied and w >= applied[0]), (-1, -1))
+        print(PAINTED[0][0], first, shown, painted[0])
+        print(PAINTED[0][1], first_cpu, shown_cpu, painted[1])
 
 asyncio.run(main())
 """
@@ -216,11 +227,13 @@ def main() -> None:
     b_paint = row("bare Textual app, launch -> first frame painted (baseline)", [x[0] for x in bare],
                   cpu=[x[2] for x in bare])
     b_idle = row("bare Textual app, launch -> first pause() (baseline)", [x[1] for x in bare], cpu=[x[3] for x in bare])
-    row("edxlive dashboard, launch -> first frame painted", [d[0] for d in dash], b_paint, [d[3] for d in dash])
-    row("edxlive dashboard, launch -> first pause()", [d[1] for d in dash], b_idle, [d[4] for d in dash])
-    shown = row("edxlive dashboard, launch -> daemon's result drawn", [d[2] for d in dash], b_idle,
-                [d[5] for d in dash])
-    print(f"target <= 1 s from launch to the daemon's result drawn: {'met' if 0 < shown <= 1.0 else 'NOT met'}")
+    first = row("edxlive dashboard, launch -> first frame painted", [d[0] for d in dash], b_paint, [d[4] for d in dash])
+    row("edxlive dashboard, launch -> first pause()", [d[1] for d in dash], b_idle, [d[5] for d in dash])
+    shown = row("edxlive dashboard, launch -> daemon's result drawn (pause)", [d[2] for d in dash], b_idle,
+                [d[6] for d in dash])
+    row("edxlive dashboard, launch -> daemon's result painted", [d[3] for d in dash], b_paint, [d[7] for d in dash])
+    print(f"target <= 1 s: first frame painted {'met' if 0 < first <= 1.0 else 'NOT met'}; "
+          f"the daemon's result drawn {'met' if 0 < shown <= 1.0 else 'NOT met'}")
     if args.terminal:
         t_base = row("bare Textual app in a terminal, launch -> first frame", [x[0] for x in term_bare])
         row("`edxlive dashboard` in a terminal, launch -> first frame", [x[0] for x in term_dash], t_base)
