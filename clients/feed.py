@@ -222,6 +222,7 @@ class Feed:
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.connect(self.pub_endpoint)
         self._buffer = []
+        self._snapshot_seq = 0  # a new attempt hands out the whole snapshot
         self._request_snapshot()
 
     def _request_snapshot(self) -> None:
@@ -236,7 +237,9 @@ class Feed:
             out.append(FeedEvent("connected", uid, f"control {self.control}, pub {self.pub_endpoint}"))
         self.daemon_uid = uid
         self.connected = True
-        out.extend(sorted(self._snapshot, key=lambda m: m.header.seq))
+        # A second snapshot (step 4) holds again what the first held unless it changed since: only
+        # documents newer than the first are handed out, so none is handed out twice.
+        out.extend(sorted((m for m in self._snapshot if m.header.seq > self._snapshot_seq), key=lambda m: m.header.seq))
         ours = [m for m in self._buffer if m.header.source == uid]
         self._snapshot, self._buffer = [], []
         self._phase = "live"
