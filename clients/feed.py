@@ -5,12 +5,17 @@ picture as one that was there from the start. The daemon keeps the latest docume
 outbound topic; the feed does, in order:
 
 1. ``status`` on the control ROUTER (a DEALER here): learns the PUB endpoint and the daemon_uid;
-2. SUB to the PUB endpoint, and waits for the first update, so the subscription is known to be
-   live (ZeroMQ subscriptions propagate asynchronously; asking for the snapshot earlier could
-   lose an update published between the snapshot and the subscription taking effect);
-3. ``snapshot``: the stored documents, then ``snapshot.end`` with ``last_seq``;
-4. hands out the snapshot documents, then the buffered updates with ``seq > last_seq``, then
-   every further update.
+2. SUB to the PUB endpoint, and at once ``snapshot``: the stored documents, then ``snapshot.end``
+   with ``last_seq``;
+3. hands out the snapshot documents, then the buffered updates with ``seq > last_seq``, then
+   every further update;
+4. checks the first update after the snapshot: ZeroMQ subscriptions take effect asynchronously,
+   so an update published after the snapshot but before the subscription was live would be
+   lost. Every document of the daemon carries the next ``seq``, so the first update must be
+   ``last_seq + 1``; if it is later, the feed takes a second snapshot, now on a subscription known
+   to be live (a gap can also be a control reply to another client: the second snapshot is then
+   merely redundant). Waiting for the first update before the first snapshot would be just as
+   safe, but would leave the screen empty for up to a second (status comes once a second).
 
 A change of ``source`` (the daemon_uid) means the daemon restarted: the feed takes a fresh
 snapshot. Silence for ``stale_after_s`` (the daemon publishes ``service.status`` every second)
@@ -94,7 +99,9 @@ class Feed:
         self.pub_endpoint: str | None = None
         self._dealer: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
-        self._phase: Literal["idle", "status", "subscribing", "snapshot", "live"] = "idle"
+        self._phase: Literal["idle", "status", "snapshot", "live"] = "idle"
+        self._snapshot_seq = 0  # last_seq of the latest snapshot: older updates are in it
+        self._unchecked = False  # the snapshot was taken before the SUB was known live (see step 4)
         self._request_id = ""
         self._snapshot: list[p.Message] = []
         self._buffer: list[p.Message] = []
@@ -215,7 +222,13 @@ class Feed:
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.connect(self.pub_endpoint)
         self._buffer = []
-        self._phase = "subscribing"
+        self._snapshot_seq = 0  # a new attempt hands out the whole snapshot
+        self._request_snapshot()
+
+    def _request_snapshot(self) -> None:
+        self._snapshot = []
+        self._send(_request("snapshot", {}))
+        self._phase = "snapshot"
         self._attempt_started = time.monotonic()
 
     def _on_snapshot_end(self, end: p.SnapshotEnd, out: list[FeedItem]) -> None:
@@ -224,11 +237,31 @@ class Feed:
             out.append(FeedEvent("connected", uid, f"control {self.control}, pub {self.pub_endpoint}"))
         self.daemon_uid = uid
         self.connected = True
-        out.extend(sorted(self._snapshot, key=lambda m: m.header.seq))
-        out.extend(m for m in self._buffer if m.header.source == uid and m.header.seq > end.last_seq)
+        # A second snapshot (step 4) holds again what the first held unless it changed since: only
+        # documents newer than the first are handed out, so none is handed out twice.
+        out.extend(sorted((m for m in self._snapshot if m.header.seq > self._snapshot_seq), key=lambda m: m.header.seq))
+        ours = [m for m in self._buffer if m.header.source == uid]
         self._snapshot, self._buffer = [], []
         self._phase = "live"
         self._last_heard = time.monotonic()
+        self._snapshot_seq = end.last_seq
+        # An update older than the snapshot came on the SUB: it was live before the snapshot was taken.
+        self._unchecked = not any(m.header.seq <= end.last_seq for m in ours)
+        self._hand_out(ours, out)
+
+    def _hand_out(self, updates: list[p.Message], out: list[FeedItem]) -> None:
+        """Updates newer than the snapshot, the first of them checked for continuity (step 4)."""
+        for i, msg in enumerate(updates):
+            if msg.header.seq <= self._snapshot_seq:
+                continue  # published before the snapshot, which holds it or a newer document of its topic
+            if self._unchecked and msg.header.seq > self._snapshot_seq + 1:
+                # An update may have been published before the subscription took effect: a second
+                # snapshot, on the subscription now known to be live, brings the picture up to date.
+                self._buffer = updates[i:]
+                self._request_snapshot()
+                return
+            self._unchecked = False
+            out.append(msg)
 
     def _drain_sub(self, out: list[FeedItem]) -> None:
         assert self._sub is not None
@@ -239,20 +272,14 @@ class Feed:
                 log.debug("ignored update: %s", err)
                 continue
             self._last_heard = time.monotonic()
-            if self._phase == "subscribing":  # the subscription is live: now the snapshot is safe
-                self._buffer.append(msg)
-                self._snapshot = []
-                self._send(_request("snapshot", {}))
-                self._phase = "snapshot"
-                self._attempt_started = time.monotonic()
-            elif self._phase == "snapshot":
+            if self._phase == "snapshot":
                 if len(self._buffer) < MAX_BUFFERED:
                     self._buffer.append(msg)
             elif self._phase == "live":
                 if msg.header.source != self.daemon_uid:  # the daemon restarted: start over
                     self._phase = "idle"
                     return
-                out.append(msg)
+                self._hand_out([msg], out)
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)

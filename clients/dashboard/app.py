@@ -3,6 +3,12 @@
 The Feed (Clone pattern, ``clients/feed.py``) runs in a worker thread and posts what it receives
 to the app; the app applies it to a pure ``DashboardState`` and redraws the sections that changed.
 Re-analysis requests go out on their own worker thread, so the screen never waits on the network.
+
+Cold start (docs/performance.md, "Dashboard start"): only the live view is built at start; the
+results and service views, with their imports (textual-plotext, DataTable), are built the first
+time they are shown, from the state held so far. The feed thread starts after the first frame is
+drawn, and the protocol (pydantic) and numpy load on that thread, so the first frame ("CONNECTING")
+waits for neither. tests/dashboard/test_dashboard_startup.py guards what start may import.
 """
 
 from __future__ import annotations
@@ -16,12 +22,10 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Header, Static
 
-from edxlive.clients.dashboard.help import HelpScreen
 from edxlive.clients.dashboard.live import LiveView
-from edxlive.clients.dashboard.results import ResultsView
-from edxlive.clients.dashboard.service_view import ServiceView
 from edxlive.clients.dashboard.state import DashboardState
 
 VIEWS = ("live", "results", "service")
@@ -87,15 +91,14 @@ class Dashboard(App[int]):
         self._feed: Any = None
         self._debounce: Any = None
         self._pending = False
+        self._views: dict[str, Widget] = {}  # the results and service views, once built
+        self._seen: set[str] = set()  # every section that has changed so far
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◆")
         yield Static("", id="banner", markup=False)
         with ContentSwitcher(initial="live", id="views"):
-            yield LiveView(id="live")
-            yield ResultsView(id="results")
-            with Container(id="service"):
-                yield ServiceView()
+            yield LiveView(id="live")  # the others are built when first shown (_show_view)
         yield Static("", id="control", markup=False)
         yield Footer(compact=True)
 
@@ -103,7 +106,8 @@ class Dashboard(App[int]):
         self._show_connection()
         self._show_control()
         if self.use_feed:
-            self._run_feed()
+            # After the first frame: the feed's imports (pydantic, numpy) would only delay it.
+            self.call_after_refresh(self._run_feed)
 
     # ------------------------------------------------------------------ feed thread
 
@@ -127,13 +131,16 @@ class Dashboard(App[int]):
             feed.close()
 
     def on_endpoint(self, event: Endpoint) -> None:
+        if not self.is_running:
+            return
         self.sub_title = event.endpoint
         if not self.state.connected and self.state.daemon_uid is None:
             self.state.connection_detail = f"connecting to {event.endpoint}…"
             self._show_connection()
 
     def on_feed_items(self, event: FeedItems) -> None:
-        self.apply_items(event.items)
+        if self.is_running:  # False once shutdown began: a late batch would find no widgets to draw on
+            self.apply_items(event.items)
 
     def apply_items(self, items: list[Any]) -> None:
         """Apply a batch of feed items and redraw what changed (also used by tests and screenshots)."""
@@ -144,20 +151,20 @@ class Dashboard(App[int]):
 
     def _redraw(self, changed: set[str]) -> None:
         st = self.state
+        self._seen |= changed
         live = self.query_one(LiveView)
         if "connection" in changed:
             self._show_connection()
-            self.query_one(ServiceView).update_status(st)
         if changed & {"scan", "status", "connection"}:
             live.update_scan(st)
-        if "status" in changed:
-            self.query_one(ServiceView).update_status(st)
+        if changed & {"status", "connection"} and "service" in self._views:
+            self._views["service"].update_status(st)  # type: ignore[attr-defined]
         if changed & {"progress", "scan"}:
             live.update_progress(st)
         if "live" in changed:
             live.update_live(st)
-        if "result" in changed:
-            self.query_one(ResultsView).update_result(st)
+        if "result" in changed and "results" in self._views:
+            self._views["results"].update_result(st)  # type: ignore[attr-defined]
         if changed & {"control", "connection"}:
             self._show_control()
 
@@ -183,14 +190,37 @@ class Dashboard(App[int]):
 
     # ------------------------------------------------------------------ actions
 
-    def action_view(self, name: str) -> None:
+    async def action_view(self, name: str) -> None:
+        await self._build_view(name)
         self.view = name
         self.query_one("#views", ContentSwitcher).current = name
 
-    def action_workflow(self) -> None:
-        self.query_one(ResultsView).select_next_workflow(self.state)
+    async def _build_view(self, name: str) -> None:
+        """Build the results or service view the first time it is needed, drawn from the state so far."""
+        if name == "live" or name in self._views:
+            return
+        st = self.state
+        if name == "results":
+            from edxlive.clients.dashboard.results import ResultsView
+
+            results = ResultsView(id="results")
+            await self.query_one("#views", ContentSwitcher).add_content(results)
+            self._views[name] = results
+            results.update_result(st)
+        else:
+            from edxlive.clients.dashboard.service_view import ServiceView
+
+            service = ServiceView()
+            await self.query_one("#views", ContentSwitcher).add_content(Container(service, id="service"))
+            self._views[name] = service
+            if self._seen & {"status", "connection"}:
+                service.update_status(st)
+
+    async def action_workflow(self) -> None:
+        await self._build_view("results")
+        self._views["results"].select_next_workflow(self.state)  # type: ignore[attr-defined]
         if self.view != "results":
-            self.action_view("results")
+            await self.action_view("results")
 
     def action_element(self) -> None:
         self.query_one(LiveView).next_element(self.state)
@@ -199,6 +229,8 @@ class Dashboard(App[int]):
         self.query_one(LiveView).next_component(self.state)
 
     def action_help(self) -> None:
+        from edxlive.clients.dashboard.help import HelpScreen
+
         self.push_screen(HelpScreen(self.BINDINGS))
 
     def action_gmm_k(self, step: int) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widget import Widget
@@ -10,6 +11,9 @@ from textual.widgets import Static
 
 from edxlive.clients.dashboard.halfblock import HalfBlockImage, fit
 from edxlive.clients.dashboard.palette import NOISE_COLOUR, cluster_colour, hex_rgb, normalise, ramp
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Set by run_dashboard before the app starts (the terminal can only be queried then): True when
 # textual-image found Sixel or the Kitty graphics protocol.
@@ -19,6 +23,10 @@ GRAPHICS_MIN_SIDE = 512  # pixels: enough for a sharp map in any cell size
 
 def detect_graphics() -> bool:
     """Ask the terminal (before Textual owns it) whether it speaks Sixel or the Kitty graphics protocol."""
+    from edxlive.clients.dashboard.terminal import graphics_hint
+
+    if not graphics_hint():  # the common case: textual-image and its slower probes are not needed
+        return False
     try:
         from textual_image import renderable
         from textual_image import widget as _widget  # noqa: F401  (measures the cell size while it still can)
@@ -32,6 +40,8 @@ def detect_graphics() -> bool:
 def upscale(rgb: np.ndarray, min_side: int = GRAPHICS_MIN_SIDE) -> np.ndarray:
     """Nearest-neighbour enlargement by a whole factor, so that the terminal's own smooth scaling
     cannot blend neighbouring cluster colours into colours of no cluster."""
+    import numpy as np
+
     factor = max(1, -(-min_side // max(rgb.shape[:2])))
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
@@ -42,6 +52,8 @@ def count_rgb(image: np.ndarray) -> np.ndarray:
 
 def label_rgb(labels: np.ndarray, colours: dict[int, int] | None = None) -> np.ndarray:
     """RGB of a label map; ``colours`` maps a label to its palette index (default: itself)."""
+    import numpy as np
+
     lut_ids = [int(i) for i in np.unique(labels)]
     rgb = np.zeros((*labels.shape, 3), dtype=np.uint8)
     for i in lut_ids:

@@ -3,17 +3,21 @@
 Hand-written rather than taken from matplotlib: importing matplotlib costs about half a second,
 and the dashboard must start in about one. The viridis anchors below are sampled from
 matplotlib's ``viridis`` (linear interpolation between 9 anchors is visually indistinguishable
-at terminal resolution).
+at terminal resolution). numpy is imported inside the functions that need it, so that the
+dashboard's first frame does not wait for it.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-VIRIDIS_ANCHORS = np.array([
+if TYPE_CHECKING:
+    import numpy as np
+
+VIRIDIS_ANCHORS = (
     (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
     (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
-], dtype=np.float64)
+)
 
 # Okabe & Ito (2008) without black (invisible on a dark terminal), then Tol's "muted" for more.
 CLUSTER_COLOURS = (
@@ -37,16 +41,21 @@ def cluster_colour(index: int) -> str:
 
 def ramp(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] (NaN allowed) to uint8 RGB (..., 3) along viridis; NaN is black."""
-    v = np.nan_to_num(np.clip(values, 0.0, 1.0), nan=0.0) * (len(VIRIDIS_ANCHORS) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(VIRIDIS_ANCHORS) - 2)
+    import numpy as np
+
+    anchors = np.array(VIRIDIS_ANCHORS, dtype=np.float64)
+    v = np.nan_to_num(np.clip(values, 0.0, 1.0), nan=0.0) * (len(anchors) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(anchors) - 2)
     t = (v - lo)[..., None]
-    rgb = VIRIDIS_ANCHORS[lo] * (1 - t) + VIRIDIS_ANCHORS[lo + 1] * t
+    rgb = anchors[lo] * (1 - t) + anchors[lo + 1] * t
     rgb[np.isnan(values)] = 0
     return rgb.astype(np.uint8)
 
 
 def normalise(image: np.ndarray, robust: bool = True) -> np.ndarray:
     """Scale to [0, 1]; robust uses the 1st–99th percentile so one hot pixel cannot flatten the map."""
+    import numpy as np
+
     a = np.asarray(image, dtype=np.float64)
     finite = a[np.isfinite(a)]
     if finite.size == 0:
@@ -61,6 +70,8 @@ def match_colours(reference: np.ndarray, other: np.ndarray) -> dict[int, int]:
     """Colour index for each cluster of ``other`` so that a phase keeps its colour across workflows:
     each cluster takes the colour of the reference cluster it overlaps most, greedily by overlap;
     leftovers take the first unused colours."""
+    import numpy as np
+
     ids_o = [int(i) for i in np.unique(other) if i >= 0]
     ids_r = [int(i) for i in np.unique(reference) if i >= 0]
     if reference.shape != other.shape or not ids_o:

@@ -3,17 +3,21 @@
 No sockets, no widgets: ``DashboardState.apply`` takes decoded outbound documents and feed
 events and returns which sections changed, so the app redraws only those. Tests feed it real
 protocol documents (built with the protocol models, encoded and decoded).
+
+The protocol (pydantic) and numpy are imported only where documents are applied: the dashboard's
+first frame must not wait for them (docs/performance.md, "Dashboard start").
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from edxlive.service import protocol as p
+    from edxlive.service import protocol as p
 
 SECTIONS = ("connection", "status", "scan", "progress", "live", "result", "control")
 WORKFLOWS = ("pca_gmm", "umap_hdbscan")
@@ -56,6 +60,8 @@ class DashboardState:
 
     def apply(self, item: Any) -> set[str]:
         """Apply one Message or FeedEvent; returns the names of the sections that changed."""
+        from edxlive.service import protocol as p  # loaded already: the feed decoded ``item``
+
         kind = getattr(item, "kind", None)
         if kind in ("connected", "disconnected") and not isinstance(item, p.Message):
             return self._on_feed_event(kind, item.daemon_uid, item.detail)
@@ -179,6 +185,8 @@ class DashboardState:
         return [w for w in WORKFLOWS if w in names] + [w for w in names if w not in WORKFLOWS]
 
     def energy_axis(self, channels: int) -> np.ndarray:
+        import numpy as np
+
         r = self.result
         off, scale = (r.energy_offset_kev, r.energy_scale_kev) if r is not None else (0.0, 0.01)
         return off + scale * np.arange(channels)

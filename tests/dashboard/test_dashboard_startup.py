@@ -21,6 +21,12 @@ from tests import procs
 HEAVY = ("umap", "numba", "sklearn", "hyperspy", "exspy", "hdbscan", "fast_hdbscan", "scipy", "rsciio", "matplotlib")
 SERVICE_INTERNALS = ("edxlive.service.pipeline", "edxlive.service.daemon", "edxlive.service.session",
                      "edxlive.service.analysis", "edxlive.service.storage", "edxlive.service.metrics")
+# Loaded only after the first frame: the protocol (pydantic) and numpy with the feed's first
+# documents, the results and service views (textual-plotext, DataTable) when first shown.
+AFTER_FIRST_FRAME = ("numpy", "pydantic", "pydantic_core", "pydantic_settings", "edxlive.service.protocol",
+                     "edxlive.service.config", "edxlive.clients.feed", "edxlive.clients.dashboard.results",
+                     "edxlive.clients.dashboard.service_view", "edxlive.clients.dashboard.help", "textual_plotext",
+                     "plotext", "textual.widgets._data_table")
 STARTUP_LIMIT_S = 3.0  # measured about 1.2 s here; the margin is for a loaded CI machine
 
 # Run in a fresh interpreter: the test process itself has long since imported the science stack.
@@ -54,6 +60,33 @@ def test_starts_in_about_a_second_without_heavy_modules() -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
     assert report["started_s"] < STARTUP_LIMIT_S, f"the dashboard took {report['started_s']:.2f} s to start"
+
+
+# The first frame, without a feed (with one, its thread starts right after this frame and loads
+# the protocol at a time of its own).
+FIRST_FRAME = f"""
+import asyncio, json, sys
+from edxlive.clients.dashboard.app import Dashboard
+
+async def main():
+    app = Dashboard(feed=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        shown = str(app.query_one("#banner").render())
+    loaded = [m for m in sys.modules if m in {AFTER_FIRST_FRAME!r} or m.split(".")[0] in {AFTER_FIRST_FRAME!r}]
+    print(json.dumps({{"banner": shown, "loaded": sorted(loaded)}}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_frame_waits_for_neither_the_protocol_nor_numpy_nor_the_other_views() -> None:
+    out = subprocess.run([sys.executable, "-c", FIRST_FRAME], capture_output=True, text=True, timeout=60,
+                         cwd=procs.REPO, env=procs.child_env(), check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["banner"].startswith("CONNECTING")
 
 
 def test_dashboard_command_refuses_without_a_terminal() -> None:

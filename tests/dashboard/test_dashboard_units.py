@@ -88,10 +88,11 @@ def test_graphics_protocol_maps_get_the_map_aspect(monkeypatch: pytest.MonkeyPat
         app = Dashboard(feed=False)
         async with app.run_test(size=(120, 40)) as pilot:
             app.apply_items(scenario.scan_done())
-            assert len(app.query(Image)) == 5  # count, element, component, and the two cluster maps
+            assert len(app.query(Image)) == 3  # count, element, component: the results view is built when shown
             for key, panel in (("1", "#live"), ("2", "#results")):
                 await pilot.press(key)
                 await pilot.pause()
+                assert len(app.query(Image)) == {"#live": 3, "#results": 5}[panel]  # and the two cluster maps
                 for view in app.query_one(panel).query(maps.MapView):
                     image = view.query_one(Image)
                     assert image.image is not None and image.image.size[0] >= maps.GRAPHICS_MIN_SIDE
