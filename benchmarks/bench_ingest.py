@@ -233,7 +233,7 @@ def kernel(args: argparse.Namespace) -> None:
         t0 = time.process_time()
         for frame, first, n, pix, chan in chunks:
             d = acc.add_events(frame + offset, first, n, pix, chan)
-            live.update(d.bins, d.channels, d.counts)
+            live.add(d)
         cpu = time.process_time() - t0
         print(f"{label:26s}: {sent / cpu / 1e6:6.1f} M events per CPU-second ({cpu / sent * 1e9:.0f} ns/event), "
               f"{sent / cpu / DETECTOR_RATE:.1f}x a 2 M counts/s detector (baseline)")

@@ -323,7 +323,7 @@ class Engine:
             scan.duplicates += 1
             self.counters.duplicates += 1
             return []
-        scan.live.update(delta.bins, delta.channels, delta.counts)
+        scan.live.add(delta)
         scan.dirty = True
         self.counters.events += delta.n_events
         scan.rate.add(self.clock(), scan.acc.events)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edxlive.service.pipeline import scatter
 from edxlive.service.pipeline.meta import binned_shape
 
 DENSE_LIMIT_BYTES = 1 << 30  # a larger binned cube is kept sparse
@@ -38,13 +39,24 @@ class ChunkDelta:
     """What one accepted chunk added: (binned pixel, channel, count) entries.
 
     Entries may repeat a (pixel, channel) pair (one per X-ray for ``events`` chunks); ``counts``
-    is None when every entry counts one."""
+    is None when every entry counts one. An ``events`` chunk keeps its raw pixels instead of the
+    binned ones (``pixels``: bin_of, first pixel, offsets): the live statistics look them up in
+    their own compiled loop, and ``bins`` is built only when asked for."""
 
-    bins: np.ndarray
+    _bins: np.ndarray | None
     channels: np.ndarray
     counts: np.ndarray | None
     n_events: int
     duplicate: bool = False
+    pixels: tuple[np.ndarray, int, np.ndarray] | None = None
+
+    @property
+    def bins(self) -> np.ndarray:
+        if self._bins is None:
+            assert self.pixels is not None
+            bin_of, first, offsets = self.pixels
+            self._bins = bin_of[first + offsets.astype(np.int64)]
+        return self._bins
 
 
 def _empty_delta(duplicate: bool) -> ChunkDelta:
@@ -100,9 +112,21 @@ class Accumulator:
     def add_events(self, frame: int, first: int, n: int, offsets: np.ndarray, channels: np.ndarray) -> ChunkDelta:
         if self.seen(frame, first, n):
             return _empty_delta(True)
+        # the compiled loop does not check its indices: out of range would write outside the cube
+        if offsets.size and not (_within(offsets, n) and _within(channels, self.channels)
+                                 and first + n <= self.bin_of.size):
+            raise ValueError(f"events outside the chunk's {n} pixels or the scan's {self.channels} channels")
         self.coverage[frame, first:first + n] = True
         if offsets.size == 0:
             return _empty_delta(False)
+        if self._dense is not None:  # one compiled pass: cube, counts map and the delta's bins
+            offsets = np.asarray(offsets, scatter.OFFSET)
+            channels = np.asarray(channels, scatter.CHANNEL)
+            self._grow_bound(offsets.size)
+            scatter.kernels().add_events(self._dense, self._key_of, self._counts_map, self.bin_of, first, offsets,
+                                         channels)
+            self.events += offsets.size
+            return ChunkDelta(None, channels, None, int(offsets.size), pixels=(self.bin_of, first, offsets))
         keys = self._key_of[first:first + n][offsets]
         np.add(keys, channels, out=keys, casting="unsafe")  # channels were checked < self.channels
         self._add_keys(keys, None, offsets.size)
@@ -132,6 +156,13 @@ class Accumulator:
         if self._store is not None:
             self._store.add(keys, weights)
             return
+        cube = self._grow_bound(total)
+        # the value's dtype must match the cube's: numpy's fast add.at path, ~10x the generic one
+        np.add.at(cube, keys, cube.dtype.type(1) if weights is None else weights.astype(cube.dtype))
+
+    def _grow_bound(self, total: int) -> np.ndarray:
+        """Make room for ``total`` more counts in the dense cube: promote it to uint64 before any
+        cell could overflow (a full ``max()`` only when the running upper bound passes the limit)."""
         cube = self._dense
         assert cube is not None
         self._bound += total
@@ -139,8 +170,7 @@ class Accumulator:
             self._bound = int(cube.max(initial=0)) + total
             if self._bound > np.iinfo(cube.dtype).max:  # (over16bit data, long scans)
                 cube = self._dense = cube.astype(np.uint64)
-        # the value's dtype must match the cube's: numpy's fast add.at path, ~10x the generic one
-        np.add.at(cube, keys, cube.dtype.type(1) if weights is None else weights.astype(cube.dtype))
+        return cube
 
     def flush(self) -> None:
         """Merge buffered counts into the store (sparse mode); every view calls it first."""
@@ -363,6 +393,11 @@ def fresh_zeros(n: int, dtype: np.dtype | type) -> np.ndarray:
     if n * dtype.itemsize < 1 << 20:
         return np.zeros(n, dtype)
     return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype=dtype)
+
+
+def _within(a: np.ndarray, limit: int) -> bool:
+    """Every value of the integer array ``a`` in [0, limit)."""
+    return int(a.max()) < limit and (a.dtype.kind == "u" or int(a.min()) >= 0)
 
 
 def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:

@@ -31,7 +31,8 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
-from edxlive.service.pipeline.accumulate import fresh_zeros
+from edxlive.service.pipeline import scatter
+from edxlive.service.pipeline.accumulate import ChunkDelta, fresh_zeros
 
 DELTA_MAX_FRACTION = 0.01  # the sparse S update, up to this share of X's cells; above, one XᵀX
 
@@ -69,20 +70,42 @@ class LivePCA:
         self._flat = self._padded.reshape(-1)
         self.X = self._padded[:, :self.n_live]
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
+        self._colsum = np.zeros(self._width)  # X's column sums (and the spare column's), kept per event
         # the delta since S was last brought up to date; None: too large, recompute S instead
         self._delta: list[tuple[np.ndarray, np.ndarray | None]] | None = []
         self._delta_n = 0
         self._stale = False
+
+    def add(self, delta: ChunkDelta) -> None:
+        """Add what one chunk added to the accumulator."""
+        if delta.pixels is None or delta.counts is not None:
+            self.update(delta.bins, delta.channels, delta.counts)
+        elif delta.n_events:
+            self._add_events(*delta.pixels, delta.channels)
 
     def update(self, bins: np.ndarray, channels: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Add counts at (binned pixel, full-resolution channel); ``counts`` None: one each.
         Entries may repeat a pair."""
         if bins.size == 0:
             return
-        cells = bins * self._width
-        cells += self._lookup[channels]
-        weights = None if counts is None else counts.astype(np.float64)
-        np.add.at(self._flat, cells, 1.0 if weights is None else weights)
+        if counts is None:
+            self._add_events(bins, 0, np.arange(bins.size), channels)
+            return
+        weights = counts.astype(np.float64)
+        cols = self._lookup[channels]
+        cells = bins * self._width + cols
+        np.add.at(self._flat, cells, weights)
+        self._colsum += np.bincount(cols, weights=weights, minlength=self._width)
+        self._record(cells, weights)
+
+    def _add_events(self, bin_of: np.ndarray, first: int, offsets: np.ndarray, channels: np.ndarray) -> None:
+        """One count per event at binned pixel ``bin_of[first + offset]``: one compiled pass."""
+        cells = np.empty(offsets.size if self._delta is not None else 0, np.int64)
+        scatter.kernels().add_live(self._flat, self._colsum, self._width, self._lookup, bin_of, first, offsets,
+                                   channels, cells)
+        self._record(cells, None)
+
+    def _record(self, cells: np.ndarray, weights: np.ndarray | None) -> None:
         self._stale = True
         if self._delta is not None:
             self._delta.append((cells, weights))
@@ -123,8 +146,8 @@ class LivePCA:
         return self._S
 
     def _mean(self) -> np.ndarray:
-        # integer column sums are exact in any order: one BLAS pass over the strided X
-        return (np.ones(self.X.shape[0]) @ self.X) / self.X.shape[0]
+        # kept as the counts arrive: integer sums, exact in any order (no pass over X)
+        return self._colsum[:self.n_live] / self.X.shape[0]
 
     def channel_weights(self, mean: np.ndarray | None = None) -> np.ndarray:
         mean = self._mean() if mean is None else mean
