@@ -22,6 +22,7 @@ pixels are normalised rather than silently zero-filled.
 from __future__ import annotations
 
 import mmap
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -250,10 +251,10 @@ class Accumulator:
         Sparse mode reads the store and the merge buffer as they are (no merge), in one pass."""
         n_bins = self.bin_size.size
         out = np.zeros((len(windows), n_bins))
-        if self._dense is not None:
-            cube = self.cube
-            for i, (lo, hi) in enumerate(windows):
-                out[i] = cube[:, lo:hi].sum(axis=1, dtype=np.float64)
+        if self._dense is not None:  # one compiled pass over the windows' cells (numpy: a reduction per row)
+            bounds = np.clip(np.array(windows, np.int64).reshape(-1, 2), 0, self.channels)
+            bounds[:, 1] = np.maximum(bounds[:, 0], bounds[:, 1])
+            scatter.kernels().window_sums(self.cube, bounds, out)
             return out
         assert self._store is not None
         for keys, weights in self._store.parts():
@@ -383,16 +384,38 @@ class _SparseCounts:
 
 
 def fresh_zeros(n: int, dtype: np.dtype | type) -> np.ndarray:
-    """``np.zeros(n, dtype)`` in anonymous memory of ordinary pages.
+    """``np.zeros(n, dtype)`` in anonymous memory of ordinary pages, reusing a finished scan's.
 
     numpy asks the kernel for transparent huge pages on large arrays; where the kernel must compact
     memory to find them, the first touch of a scan's cube cost 1.3–1.7 s of CPU per 512 MiB, against
-    0.5 s with 4 KiB pages (docs/performance.md). The pages are zero until written; the memory is
-    returned when the array is freed."""
+    0.5 s with 4 KiB pages (docs/performance.md). Even those 0.5 s are page faults, once per scan:
+    a buffer of the same size that no array uses any more (the last scan's cube or live X) is
+    zeroed and handed out again instead, ~0.05 s per 512 MiB. Buffers of other sizes are released
+    first, so the memory kept is at most what the last scan used."""
     dtype = np.dtype(dtype)
-    if n * dtype.itemsize < 1 << 20:
+    nbytes = n * dtype.itemsize
+    if nbytes < 1 << 20:
         return np.zeros(n, dtype)
-    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype=dtype)
+    free = [i for i in range(len(_SPARE)) if _unused(i)]
+    reuse = next((i for i in free if len(_SPARE[i]) == nbytes), None)
+    if reuse is not None:
+        out = np.frombuffer(_SPARE[reuse], dtype=dtype)
+        out.fill(0)
+        return out
+    for i in reversed(free):  # another size: return their memory before taking more
+        _SPARE.pop(i).close()
+    buf = mmap.mmap(-1, nbytes)
+    _SPARE.append(buf)
+    return np.frombuffer(buf, dtype=dtype)
+
+
+_SPARE: list[mmap.mmap] = []  # every buffer fresh_zeros handed out and not yet released
+
+
+def _unused(i: int) -> bool:
+    """No array uses ``_SPARE[i]`` any more: the list's reference and getrefcount's own are all.
+    (An array of it, or any view of that array, holds a memoryview that references the buffer.)"""
+    return sys.getrefcount(_SPARE[i]) == 2
 
 
 def _within(a: np.ndarray, limit: int) -> bool:
