@@ -34,6 +34,7 @@ from threadpoolctl import ThreadpoolController
 from edxlive.service.pipeline import scatter
 from edxlive.service.pipeline.accumulate import ChunkDelta, fresh_zeros
 
+F32_EXACT = 1 << 24  # every integer up to this is exact in float32
 DELTA_MAX_FRACTION = 0.01  # the sparse S update, up to this share of X's cells; above, one XᵀX
 
 
@@ -66,15 +67,29 @@ class LivePCA:
         self.live_of = np.where(lookup == self.n_live, -1, lookup)
         centres = c0 + (np.arange(self.n_live) + 0.5) * self.rebin - 0.5
         self.live_energy_kev = energy_offset_kev + energy_scale_kev * centres
-        self._padded = fresh_zeros(n_bins * self._width, np.float64).reshape(n_bins, self._width)
-        self._flat = self._padded.reshape(-1)
-        self.X = self._padded[:, :self.n_live]
+        # float32: half the memory and memory traffic of float64, and exact for counts up to 2**24
+        # per cell; past that bound X turns float64 (``_grow``)
+        self._set_x(fresh_zeros(n_bins * self._width, np.float32).reshape(n_bins, self._width))
+        self._bound = 0  # an upper bound on every cell of X
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
         self._colsum = np.zeros(self._width)  # X's column sums (and the spare column's), kept per event
         # the delta since S was last brought up to date; None: too large, recompute S instead
         self._delta: list[tuple[np.ndarray, np.ndarray | None]] | None = []
         self._delta_n = 0
         self._stale = False
+
+    def _set_x(self, padded: np.ndarray) -> None:
+        self._padded = padded
+        self._flat = padded.reshape(-1)
+        self.X = padded[:, :self.n_live]
+
+    def _grow(self, total: int) -> None:
+        """Room for ``total`` more counts: X turns float64 before a float32 cell could round."""
+        self._bound += total
+        if self._bound > F32_EXACT and self._padded.dtype == np.float32:
+            self._bound = int(self._padded.max(initial=0)) + total
+            if self._bound > F32_EXACT:
+                self._set_x(self._padded.astype(np.float64))
 
     def add(self, delta: ChunkDelta) -> None:
         """Add what one chunk added to the accumulator."""
@@ -92,6 +107,7 @@ class LivePCA:
             self._add_events(bins, 0, np.arange(bins.size), channels)
             return
         weights = counts.astype(np.float64)
+        self._grow(int(counts.sum()))
         cols = self._lookup[channels]
         cells = bins * self._width + cols
         np.add.at(self._flat, cells, weights)
@@ -101,6 +117,7 @@ class LivePCA:
     def _add_events(self, bin_of: np.ndarray, first: int, offsets: np.ndarray, channels: np.ndarray) -> None:
         """One count per event at binned pixel ``bin_of[first + offset]``: one compiled pass."""
         cells = np.empty(offsets.size if self._delta is not None else 0, np.int64)
+        self._grow(offsets.size)
         scatter.kernels().add_live(self._flat, self._colsum, self._width, self._lookup, bin_of, first, offsets,
                                    channels, cells)
         self._record(cells, None)
@@ -121,10 +138,30 @@ class LivePCA:
             return
         with _one_blas_thread():
             if self._delta is None:
-                self._S = self.X.T @ self.X  # numpy hands Xᵀ·X to BLAS syrk
+                self._S = self._gram()
             else:
                 self._S += self._delta_product()
         self._delta, self._delta_n, self._stale = [], 0, False
+
+    def _gram(self) -> np.ndarray:
+        """XᵀX, exact. A float32 product is exact while every partial sum is an integer below
+        2**24: with m the largest cell, a block of rows·m² < 2**24 rows qualifies (BLAS ssyrk,
+        half the time of dsyrk; the blocks are summed in float64). Otherwise float64 blocks."""
+        X, n = self.X, self.X.shape[0]
+        if X.dtype == np.float64:
+            return X.T @ X  # numpy hands Xᵀ·X to BLAS syrk
+        m = float(X.max(initial=0.0))
+        rows = int(F32_EXACT // max(m * m, 1.0))
+        S = np.zeros((self.n_live, self.n_live))
+        if rows >= 1024:
+            for r0 in range(0, n, rows):
+                b = X[r0:r0 + rows]
+                S += b.T @ b
+            return S
+        for r0 in range(0, n, 8192):
+            b = X[r0:r0 + 8192].astype(np.float64)
+            S += b.T @ b
+        return S
 
     def _delta_product(self) -> np.ndarray:
         """X'ᵀD + DᵀX' − DᵀD for the buffered delta D (X' = X with D already added)."""
@@ -133,10 +170,12 @@ class LivePCA:
         weights = np.concatenate([np.ones(c.size) if w is None else w for c, w in self._delta])
         rows, cols = np.divmod(cells, self._width)
         keep = cols < self.n_live
-        # Dᵀ as CSR (live channels × pixels; repeated cells are summed): Dᵀ·X walks X's rows in
-        # place, O(nnz(D) · C); X's padded array is contiguous, so scipy needs no copy of it
+        # Dᵀ·X walks X's rows in place, O(nnz(D) · C), in float64 (a compiled loop: scipy would
+        # first copy a float32 X to float64)
+        cross = np.zeros((self.n_live, self.n_live))
+        scatter.kernels().delta_cross(self._padded, rows, cols, weights, self.n_live, cross)
+        # DᵀD from D alone, as CSR (live channels × pixels; repeated cells are summed)
         dt = sparse.csr_matrix((weights[keep], (cols[keep], rows[keep])), shape=(self.n_live, self.X.shape[0]))
-        cross = np.asarray(dt @ self._padded)[:, :self.n_live]
         d = dt.T
         return cross + cross.T - (d.T @ d).toarray()
 
@@ -178,8 +217,9 @@ class LivePCA:
         # a fixed sign (largest loading positive) keeps the maps from flickering between refreshes
         signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
         comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
-        # (X·w − μ)·Cᵀ without a scaled copy of X (which is as large as X)
-        scores = self.X @ (comps * w).T - mu @ comps.T
+        # (X·w − μ)·Cᵀ without a scaled copy of X (which is as large as X), in X's precision: the
+        # maps are published as float32
+        scores = self.X @ (comps * w).T.astype(self.X.dtype) - mu @ comps.T
         maps = scores.T.reshape(k, *self.binned_shape)
         return LiveComponents(ratio, comps, maps, self.live_energy_kev)
 

@@ -61,6 +61,18 @@ def kernels() -> SimpleNamespace:
                 cells_out[i] = cell
 
     @jit
+    def delta_cross(padded, rows, cols, weights, n_live, out):  # pragma: no cover - JIT
+        """out[c, :] += w · X[r, :n_live] for each delta entry (r, c, w) with c < n_live: DᵀX,
+        accumulated in float64 whatever X's dtype (exact for integer counts)."""
+        for e in range(rows.size):
+            c = cols[e]
+            if c >= n_live:
+                continue
+            r, w = rows[e], weights[e]
+            for j in range(n_live):
+                out[c, j] += w * padded[r, j]
+
+    @jit
     def window_sums(cube, windows, out):  # pragma: no cover - JIT
         """out[w, pixel] = sum of cube[pixel, lo:hi] for each window (lo, hi): element maps."""
         for px in range(cube.shape[0]):
@@ -70,7 +82,7 @@ def kernels() -> SimpleNamespace:
                     s += cube[px, c]
                 out[w, px] = s
 
-    return SimpleNamespace(add_events=add_events, add_live=add_live, window_sums=window_sums)
+    return SimpleNamespace(add_events=add_events, add_live=add_live, window_sums=window_sums, delta_cross=delta_cross)
 
 
 def warm_up() -> float:
@@ -84,7 +96,10 @@ def warm_up() -> float:
         cube = np.zeros(1, dtype)
         k.add_events(cube, np.zeros(1, np.uint32), counts_map, bin_of, 0, offsets, channels)
         k.window_sums(cube.reshape(1, 1), np.zeros((1, 2), np.int64), np.zeros((1, 1)))
-    flat, colsum = np.zeros(2), np.zeros(2)
-    for out in (cells, cells[:0]):
-        k.add_live(flat, colsum, 2, np.zeros(1, np.int64), bin_of, 0, offsets, channels, out)
+    colsum = np.zeros(2)
+    for dtype in (np.float32, np.float64):  # the live X: float32, float64 past 2**24 counts in a cell
+        flat = np.zeros(2, dtype)
+        for out in (cells, cells[:0]):
+            k.add_live(flat, colsum, 2, np.zeros(1, np.int64), bin_of, 0, offsets, channels, out)
+        k.delta_cross(flat.reshape(1, 2), cells, cells, np.ones(1), 1, np.zeros((1, 1)))
     return time.perf_counter() - t0
