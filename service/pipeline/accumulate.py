@@ -121,8 +121,8 @@ class Accumulator:
         if offsets.size == 0:
             return _empty_delta(False)
         if self._dense is not None:  # one compiled pass: cube, counts map and the delta's bins
-            offsets = np.asarray(offsets, scatter.OFFSET)
-            channels = np.asarray(channels, scatter.CHANNEL)
+            offsets = scatter.events_array(offsets, scatter.OFFSET)
+            channels = scatter.events_array(channels, scatter.CHANNEL)
             self._grow_bound(offsets.size)
             scatter.kernels().add_events(self._dense, self._key_of, self._counts_map, self.bin_of, first, offsets,
                                          channels)

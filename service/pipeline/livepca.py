@@ -103,8 +103,12 @@ class LivePCA:
         Entries may repeat a pair."""
         if bins.size == 0:
             return
-        if counts is None:
-            self._add_events(bins, 0, np.arange(bins.size), channels)
+        if counts is None:  # the compiled loop does not check its indices
+            if not (bins.min() >= 0 and bins.max() < self.X.shape[0] and channels.min() >= 0
+                    and channels.max() < self._lookup.size):
+                raise ValueError(f"bins or channels outside {self.X.shape[0]} pixels x {self._lookup.size} channels")
+            self._add_events(np.asarray(bins, np.int64), 0, scatter.events_array(np.arange(bins.size), scatter.OFFSET),
+                             scatter.events_array(channels, scatter.CHANNEL))
             return
         weights = counts.astype(np.float64)
         self._grow(int(counts.sum()))

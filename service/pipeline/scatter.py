@@ -22,6 +22,15 @@ OFFSET = np.dtype(np.uint32)  # the protocol's dtypes; other inputs are converte
 CHANNEL = np.dtype(np.uint16)
 
 
+def events_array(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` as the loops are compiled for it: ``dtype``, aligned, read-only (a view when it already
+    is one). numba compiles one version per array type, and read-only is part of the type: the
+    protocol's arrays are read-only views of the received message, so every input is made one."""
+    out = np.require(a, dtype, "A").view()
+    out.flags.writeable = False
+    return out
+
+
 @functools.cache
 def kernels() -> SimpleNamespace:
     from numba import njit
@@ -90,7 +99,8 @@ def warm_up() -> float:
     cube of uint32 (uint64 after promotion) with uint32 keys, protocol offsets and channels."""
     t0 = time.perf_counter()
     k = kernels()
-    offsets, channels, cells = np.zeros(1, OFFSET), np.zeros(1, CHANNEL), np.zeros(1, np.int64)
+    offsets, channels = events_array(np.zeros(1), OFFSET), events_array(np.zeros(1), CHANNEL)
+    cells = np.zeros(1, np.int64)
     counts_map, bin_of = np.zeros(1, np.int64), np.zeros(1, np.int64)
     for dtype in (np.uint32, np.uint64):
         cube = np.zeros(1, dtype)
