@@ -195,6 +195,8 @@ def test_checkpoint_cells_restore_exactly(sparse: bool, into_sparse: bool) -> No
 def test_a_finished_scans_memory_is_reused_zeroed_and_never_while_in_use() -> None:
     """The next scan of the same size gets the last one's cube memory, zeroed (no first touch of
     fresh pages), but never while any array still looks at it."""
+    import edxlive.service.pipeline.accumulate as accumulate
+
     rng = np.random.default_rng(7)
 
     def scan() -> Accumulator:
@@ -218,10 +220,17 @@ def test_a_finished_scans_memory_is_reused_zeroed_and_never_while_in_use() -> No
     third = Accumulator((64, 64), 512, 1, frames=1)
     assert address(third.cube) == where and not third.cube.any()  # the first scan's, now free
     third_at = address(third.cube)
+    third.cube[:] = 9
     del third
     fourth = scan()
     assert address(fourth.cube) == third_at  # reused, and zero before the new counts
     assert int(fourth.cube.sum()) == fourth.events == 5000
+    fourth.cube[:] = 9
+    del fourth
+    while accumulate.zero_spares():  # the daemon's idle ticks: zeroed ahead of the next scan
+        pass
+    fifth = Accumulator((64, 64), 512, 1, frames=1)
+    assert address(fifth.cube) == third_at and not fifth.cube.any()
 
 
 def test_events_outside_the_chunk_are_refused_before_anything_is_written() -> None:

@@ -390,26 +390,44 @@ def fresh_zeros(n: int, dtype: np.dtype | type) -> np.ndarray:
     memory to find them, the first touch of a scan's cube cost 1.3–1.7 s of CPU per 512 MiB, against
     0.5 s with 4 KiB pages (docs/performance.md). Even those 0.5 s are page faults, once per scan:
     a buffer of the same size that no array uses any more (the last scan's cube or live X) is
-    zeroed and handed out again instead, ~0.05 s per 512 MiB. Buffers of other sizes are released
-    first, so the memory kept is at most what the last scan used."""
+    handed out again instead, zeroed already by ``zero_spares`` while the daemon was idle, or here
+    (~0.05 s per 512 MiB). Buffers of other sizes are released first, so the memory kept is at
+    most what the last scan used."""
     dtype = np.dtype(dtype)
     nbytes = n * dtype.itemsize
     if nbytes < 1 << 20:
         return np.zeros(n, dtype)
     free = [i for i in range(len(_SPARE)) if _unused(i)]
-    reuse = next((i for i in free if len(_SPARE[i]) == nbytes), None)
-    if reuse is not None:
-        out = np.frombuffer(_SPARE[reuse], dtype=dtype)
-        out.fill(0)
+    same = sorted((i for i in free if len(_SPARE[i]) == nbytes), key=lambda i: not _CLEAN[i])
+    if same:
+        i = same[0]
+        out = np.frombuffer(_SPARE[i], dtype=dtype)
+        if not _CLEAN[i]:
+            out.fill(0)
+        _CLEAN[i] = False
         return out
     for i in reversed(free):  # another size: return their memory before taking more
         _SPARE.pop(i).close()
+        _CLEAN.pop(i)
     buf = mmap.mmap(-1, nbytes)
     _SPARE.append(buf)
+    _CLEAN.append(False)
     return np.frombuffer(buf, dtype=dtype)
 
 
+def zero_spares() -> bool:
+    """Zero one buffer no scan uses any more, ahead of the next scan (the daemon calls it while
+    idle, one buffer per call); False when there is none left to zero."""
+    for i in range(len(_SPARE)):
+        if not _CLEAN[i] and _unused(i):
+            np.frombuffer(_SPARE[i], dtype=np.uint8).fill(0)
+            _CLEAN[i] = True
+            return True
+    return False
+
+
 _SPARE: list[mmap.mmap] = []  # every buffer fresh_zeros handed out and not yet released
+_CLEAN: list[bool] = []  # _SPARE[i] is unused and all zero
 
 
 def _unused(i: int) -> bool:
