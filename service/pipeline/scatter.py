@@ -40,34 +40,24 @@ def kernels() -> SimpleNamespace:
     @jit
     def add_events(cube, key_of, counts_map, bin_of, first, offsets, channels):  # pragma: no cover - JIT
         """cube[key_of[p] + channel] += 1 and counts_map[bin_of[p]] += 1 for p = first + offset.
-        Consecutive events mostly share a pixel: the counts map is added per run of one pixel,
-        not per event (a store-to-load chain through one cell otherwise)."""
-        last, run = -1, 0
+        Two loops: with both updates in one, each event waited on the other's store (measured
+        20 ns/event against 12 for the two loops)."""
         for i in range(offsets.size):
-            p = first + np.int64(offsets[i])
-            cube[np.int64(key_of[p]) + np.int64(channels[i])] += 1
-            b = bin_of[p]
-            if b != last:
-                if run:
-                    counts_map[last] += run
-                last, run = b, 0
-            run += 1
-        if run:
-            counts_map[last] += run
+            cube[np.int64(key_of[first + np.int64(offsets[i])]) + np.int64(channels[i])] += 1
+        for i in range(offsets.size):
+            counts_map[bin_of[first + np.int64(offsets[i])]] += 1
 
     @jit
     def add_live(flat, colsum, width, lookup, bin_of, first, offsets, channels, cells_out):  # pragma: no cover
         """One count per event into the live X (row = binned pixel ``bin_of[first + offset]``,
         column = live channel) and into its column sums; ``cells_out`` (empty: not wanted) receives
-        each event's flat cell."""
-        keep = cells_out.size > 0
+        each event's flat cell. One loop per array written (see add_events)."""
         for i in range(offsets.size):
-            col = lookup[channels[i]]
-            cell = np.int64(bin_of[first + np.int64(offsets[i])]) * width + col
-            flat[cell] += 1.0
-            colsum[col] += 1.0
-            if keep:
-                cells_out[i] = cell
+            flat[np.int64(bin_of[first + np.int64(offsets[i])]) * width + lookup[channels[i]]] += 1.0
+        for i in range(channels.size):
+            colsum[lookup[channels[i]]] += 1.0
+        for i in range(cells_out.size):
+            cells_out[i] = np.int64(bin_of[first + np.int64(offsets[i])]) * width + lookup[channels[i]]
 
     @jit
     def delta_cross(padded, rows, cols, weights, n_live, out):  # pragma: no cover - JIT
@@ -83,11 +73,13 @@ def kernels() -> SimpleNamespace:
 
     @jit
     def window_sums(cube, windows, out):  # pragma: no cover - JIT
-        """out[w, pixel] = sum of cube[pixel, lo:hi] for each window (lo, hi): element maps."""
-        for px in range(cube.shape[0]):
-            for w in range(windows.shape[0]):
+        """out[w, pixel] = sum of cube[pixel, lo:hi] for each window (lo, hi): element maps. Window
+        by window: the pixels' reads are independent, so many are in flight at once."""
+        for w in range(windows.shape[0]):
+            lo, hi = windows[w, 0], windows[w, 1]
+            for px in range(cube.shape[0]):
                 s = 0.0  # exact: integer counts far below 2**53
-                for c in range(windows[w, 0], windows[w, 1]):
+                for c in range(lo, hi):
                     s += cube[px, c]
                 out[w, px] = s
 
