@@ -227,7 +227,9 @@ def paced(args: argparse.Namespace) -> None:
         proc, q = _spawn(args, chunk_pixels, rate=args.paced, endpoint=endpoint)
         q.get(timeout=120)  # the publisher's endpoint
         took = q.get(timeout=600)
+        sent_at = time.perf_counter()
         cube_path = wait_for_file(data_dir, "*_bench/accumulated.npy")
+        behind = time.perf_counter() - sent_at  # the daemon's backlog, plus writing the cube
         cube = np.load(cube_path, mmap_mode="r")
         per_pixel = np.asarray(cube).sum(axis=2, dtype=np.int64)
         proc.join()
@@ -242,7 +244,8 @@ def paced(args: argparse.Namespace) -> None:
     log = (data_dir / "daemon.log").read_text()
     print(f"real daemon, publisher paced at {args.paced / 1e6:.0f} M counts/s "
           f"({args.paced / DETECTOR_RATE:.0f}x a 2 M counts/s detector): sent {sent:,} events in {took:.2f} s "
-          f"= {sent / took / 1e6:.1f} M events/s")
+          f"= {sent / took / 1e6:.1f} M events/s; the daemon's saved cube appeared {behind:.1f} s after the "
+          "last chunk was sent (its backlog plus the scan-end write)")
     print(f"saved cube: {int(per_pixel.sum()):,} counts; per binned pixel equal to what was sent: "
           f"{bool(np.array_equal(per_pixel, binned))}; loss {sent - int(per_pixel.sum())}; "
           f"gap warnings in the daemon log: {log.count('gap:')}")
