@@ -5,9 +5,10 @@ fill a bin becomes a partial bin, so no count is ever dropped.
 
 Each count lands at a flat key ``binned_pixel * channels + channel`` of the cube. Two stores:
 
-- **dense** (a flat array of every (pixel, channel)): a chunk's keys go in with one ``np.add.at``.
-  Events arrive in raster order, so consecutive keys fall in the same spectrum and the scatter
-  stays in cache (docs/performance.md: profiled against np.unique + fancy assignment).
+- **dense** (a flat array of every (pixel, channel)): a chunk of events goes in by one compiled
+  loop (``pipeline/scatter.py``; ``np.add.at`` for dense chunks). Events arrive in raster order,
+  so consecutive keys fall in the same spectrum and the scatter stays in cache
+  (docs/performance.md: profiled against np.unique + fancy assignment and ``np.add.at``).
 - **sparse** (scans whose dense cube would exceed ``DENSE_LIMIT_BYTES``, e.g. 1024×1024 raw ×
   4096 channels): sorted unique keys with their counts, merged from a buffer of incoming keys
   whenever the buffer reaches half the store (amortised O(n log n)). Memory follows the number of
@@ -120,7 +121,7 @@ class Accumulator:
         self.coverage[frame, first:first + n] = True
         if offsets.size == 0:
             return _empty_delta(False)
-        if self._dense is not None:  # one compiled pass: cube, counts map and the delta's bins
+        if self._dense is not None:  # compiled loops: the cube and counts map; the delta keeps the raw offsets
             offsets = scatter.events_array(offsets, scatter.OFFSET)
             channels = scatter.events_array(channels, scatter.CHANNEL)
             self._grow_bound(offsets.size)

@@ -2,17 +2,20 @@
 
 The live view works on the useful energy range rebinned to at most ``max_channels`` channels
 (X: binned pixels × live channels). X is kept up to date as chunks arrive: each X-ray adds one to
-one cell (``np.add.at``; in raster order the scatter stays in cache), a few ns per event and no
-per-chunk matrix work. The Gram matrix S = XᵀX is brought up to date at a refresh (once per frame
-at least), whichever way is cheaper:
+one cell (a compiled loop, ``pipeline/scatter.py``; in raster order the scatter stays in cache),
+a few ns per event and no per-chunk matrix work. X is float32 while no cell can pass 2²⁴ counts
+(exact integers; half the memory), float64 after. The Gram matrix S = XᵀX is brought up to date
+at a refresh (once per frame at least), whichever way is cheaper:
 
 - from the delta D since the last refresh (the cells the events added, kept as a list):
   S' = S + X'ᵀD + DᵀX' − DᵀD with X' = X + D, O(nnz(D) · C), when the delta is sparse (low dose
   per frame, the usual STEM-EDX case);
-- recomputed, S = XᵀX (BLAS syrk, O(pixels · C²)), when the delta has more entries than that costs.
+- recomputed, S = XᵀX (BLAS, O(pixels · C²)), when the delta has more entries than that costs;
+  in float32 blocks small enough that every partial sum stays below 2²⁴, summed in float64.
 
-X holds integer counts, so every product and sum in S is an integer below 2⁵³ and float64 holds it
-exactly: both ways give the same S, whatever the chunking or the order of additions.
+X holds integer counts, so every product and sum in S is an integer, held exactly (below 2²⁴ in a
+float32 block, below 2⁵³ in float64): both ways give the same S, whatever the chunking or the
+order of additions.
 
 A refresh scales channels by 1/√(mean spectrum) (the channel half of Keenan–Kotula, a diagonal
 transform W S W), centres (covariance = (S_w − n μμᵀ)/(n−1)) and diagonalises. Pixel-side
