@@ -258,12 +258,11 @@ class Accumulator:
             scatter.kernels().window_sums(self.cube, bounds, out)
             return out
         assert self._store is not None
-        for keys, weights in self._store.parts():
-            bins, chans = np.divmod(keys, self.channels)
-            for i, (lo, hi) in enumerate(windows):
-                keep = (chans >= lo) & (chans < hi)
-                w = None if weights is None else weights[keep]
-                out[i] += np.bincount(bins[keep], weights=w, minlength=n_bins)
+        bounds = np.array(windows, np.int64).reshape(-1, 2)
+        for keys, weights in self._store.parts():  # compiled: numpy's divmod, masks and bincounts
+            # took 59 % of a 1024² × 4096 scan's ingest (docs/performance.md)
+            w = np.empty(0, self._store.vals.dtype) if weights is None else weights
+            scatter.kernels().key_window_sums(keys, w, self.channels, bounds, out)
         return out
 
     def frames_observed(self) -> np.ndarray:

@@ -83,7 +83,20 @@ def kernels() -> SimpleNamespace:
                     s += cube[px, c]
                 out[w, px] = s
 
-    return SimpleNamespace(add_events=add_events, add_live=add_live, window_sums=window_sums, delta_cross=delta_cross)
+    @jit
+    def key_window_sums(keys, weights, channels, windows, out):  # pragma: no cover - JIT
+        """The same from a sparse store's flat keys (binned pixel · channels + channel) and counts
+        (``weights`` empty: one each): one pass over the keys, no temporaries."""
+        unit = weights.size == 0
+        for i in range(keys.size):
+            key = np.int64(keys[i])
+            b, c = key // channels, key % channels
+            for w in range(windows.shape[0]):
+                if windows[w, 0] <= c < windows[w, 1]:
+                    out[w, b] += 1.0 if unit else np.float64(weights[i])
+
+    return SimpleNamespace(add_events=add_events, add_live=add_live, window_sums=window_sums, delta_cross=delta_cross,
+                           key_window_sums=key_window_sums)
 
 
 def warm_up() -> float:
@@ -98,6 +111,8 @@ def warm_up() -> float:
         cube = np.zeros(1, dtype)
         k.add_events(cube, np.zeros(1, np.uint32), counts_map, bin_of, 0, offsets, channels)
         k.window_sums(cube.reshape(1, 1), np.zeros((1, 2), np.int64), np.zeros((1, 1)))
+        for key_dtype in (np.uint32, np.int64):  # the sparse store's keys and counts
+            k.key_window_sums(np.zeros(1, key_dtype), cube, 1, np.zeros((1, 2), np.int64), np.zeros((1, 1)))
     colsum = np.zeros(2)
     for dtype in (np.float32, np.float64):  # the live X: float32, float64 past 2**24 counts in a cell
         flat = np.zeros(2, dtype)
