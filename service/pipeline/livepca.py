@@ -153,8 +153,8 @@ class LivePCA:
 
     def _gram(self) -> np.ndarray:
         """XᵀX, exact. A float32 product is exact while every partial sum is an integer below
-        2**24: with m the largest cell, a block of rows·m² < 2**24 rows qualifies (BLAS ssyrk,
-        half the time of dsyrk; the blocks are summed in float64). Otherwise float64 blocks."""
+        2**24: with m the largest cell, a block of rows·m² ≤ 2**24 rows qualifies (float32 BLAS,
+        under half the time of float64; the blocks are summed in float64). Otherwise float64 blocks."""
         X, n = self.X, self.X.shape[0]
         if X.dtype == np.float64:
             return X.T @ X  # numpy hands Xᵀ·X to BLAS syrk
