@@ -21,6 +21,7 @@ from common import machine
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
+from edxlive.service.pipeline import scatter
 from edxlive.service.pipeline.livepca import LivePCA
 
 K = 8
@@ -73,6 +74,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n, c = args.binned, args.channels
     labels, spec = phase_map(n, 5, rng), spectra(5, c, rng)
+    scatter.warm_up()  # the daemon compiles its ingest loops at start
     live = LivePCA((n, n), c, 0.0, 0.01)
     frame_time = 60.0 / args.frames
     refresh_s, update_s, events = [], 0.0, 0

@@ -86,10 +86,12 @@ def _engine_run(size: int, ch: int, counts: float, frames: int, out: mp.Queue) -
     """In a fresh process: decode + Engine.handle for one scan; CPU seconds, events, VmHWM."""
     from edxlive.service import protocol as p
     from edxlive.service.config import Settings
+    from edxlive.service.pipeline import scatter
     from edxlive.service.pipeline.xray import known_elements
     from edxlive.service.session import Engine
 
     known_elements()
+    scatter.warm_up()  # the daemon compiles its ingest loops at start
     seq = p.Sequencer("bench")
     engine = Engine(Settings(storage={"data_dir": Path(tempfile.mkdtemp())}))  # type: ignore[arg-type]
     # a tiny scan first: the one-off costs of a fresh daemon (lazy imports, BLAS set-up) are not per scan

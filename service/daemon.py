@@ -50,6 +50,10 @@ class Daemon:
             port = self.metrics.start_server(settings.metrics.address, settings.metrics.port)
             self.metrics_endpoint = f"http://{settings.metrics.address}:{port}/metrics"
         self.engine = Engine(settings)
+        # the ingest loops' JIT (numba, or its disk cache): at start, not in the first scan's chunks
+        from edxlive.service.pipeline import scatter
+
+        scatter.warm_up()
         if settings.live.element_maps:  # the line database imports exspy: seconds, so before READY, not mid-scan
             from edxlive.service.pipeline.xray import known_elements
 

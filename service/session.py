@@ -23,7 +23,7 @@ import numpy as np
 from edxlive.service import checkpoint, storage
 from edxlive.service import protocol as p
 from edxlive.service.config import Settings
-from edxlive.service.pipeline.accumulate import Accumulator
+from edxlive.service.pipeline.accumulate import Accumulator, zero_spares
 from edxlive.service.pipeline.livepca import LivePCA
 from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta, binned_shape
 
@@ -323,7 +323,7 @@ class Engine:
             scan.duplicates += 1
             self.counters.duplicates += 1
             return []
-        scan.live.update(delta.bins, delta.channels, delta.counts)
+        scan.live.add(delta)
         scan.dirty = True
         self.counters.events += delta.n_events
         scan.rate.add(self.clock(), scan.acc.events)
@@ -364,6 +364,7 @@ class Engine:
         effects = self._housekeeping()
         scan = self.scan
         if scan is None:
+            zero_spares()  # idle: zero a finished scan's memory now, so the next scan starts at once
             return effects
         now = self.clock()
         if now - scan.last_message > self.settings.inbound.heartbeat_timeout_s:

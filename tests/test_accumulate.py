@@ -190,3 +190,52 @@ def test_checkpoint_cells_restore_exactly(sparse: bool, into_sparse: bool) -> No
     assert back.events == acc.events == 800
     with pytest.raises(ValueError, match="does not fit"):
         Accumulator((4, 4), 64, 2, frames=3).restore(keys, counts, acc.coverage)
+
+
+def test_a_finished_scans_memory_is_reused_zeroed_and_never_while_in_use() -> None:
+    """The next scan of the same size gets the last one's cube memory, zeroed (no first touch of
+    fresh pages), but never while any array still looks at it."""
+    import edxlive.service.pipeline.accumulate as accumulate
+
+    rng = np.random.default_rng(7)
+
+    def scan() -> Accumulator:
+        acc = Accumulator((64, 64), 512, 1, frames=1)  # an 8 MiB cube: the mmap'd store
+        acc.add_events(0, 0, 4096, np.sort(rng.integers(0, 4096, 5000)).astype("<u4"),
+                       rng.integers(0, 512, 5000).astype("<u2"))
+        return acc
+
+    def address(a: np.ndarray) -> int:
+        return a.__array_interface__["data"][0]
+
+    first = scan()
+    view = first.cube[10:20]  # e.g. a caller still holding part of the finished scan's cube
+    kept = view.copy()
+    where = address(first.cube)
+    del first
+    second = Accumulator((64, 64), 512, 1, frames=1)
+    assert address(second.cube) != where and not second.cube.any()
+    np.testing.assert_array_equal(view, kept)
+    del view, second
+    third = Accumulator((64, 64), 512, 1, frames=1)
+    assert address(third.cube) == where and not third.cube.any()  # the first scan's, now free
+    third_at = address(third.cube)
+    third.cube[:] = 9
+    del third
+    fourth = scan()
+    assert address(fourth.cube) == third_at  # reused, and zero before the new counts
+    assert int(fourth.cube.sum()) == fourth.events == 5000
+    fourth.cube[:] = 9
+    del fourth
+    while accumulate.zero_spares():  # the daemon's idle ticks: zeroed ahead of the next scan
+        pass
+    fifth = Accumulator((64, 64), 512, 1, frames=1)
+    assert address(fifth.cube) == third_at and not fifth.cube.any()
+
+
+def test_events_outside_the_chunk_are_refused_before_anything_is_written() -> None:
+    acc = Accumulator((8, 8), 16, 2, frames=1)
+    for offsets, chans in [([0, 64], [1, 1]), ([0, 1], [1, 16]), ([-1, 0], [1, 1])]:
+        with pytest.raises(ValueError, match="outside"):
+            acc.add_events(0, 0, 64, np.array(offsets), np.array(chans))
+    assert acc.events == 0 and not acc.cube.any() and not acc.coverage.any()

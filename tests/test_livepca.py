@@ -87,3 +87,20 @@ def test_sparse_update_and_recompute_give_the_same_statistics(monkeypatch: pytes
     b.update(rows, chans, counts.astype(np.int64))
     np.testing.assert_array_equal(b.X, a.X)
     np.testing.assert_array_equal(b.S, a.S)
+
+
+def test_x_turns_float64_before_a_float32_cell_could_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """X is float32 while no cell can pass 2**24 counts, then float64; S is the same exact XᵀX
+    from float32 blocks, float64 blocks or float64 X."""
+    src = load_source("tiny", frames=2, seed=0)
+    _, a, _ = _stream(src, factor=2, chunk=64)
+    assert a.X.dtype == np.float32
+    exact = a.X.astype(np.float64).T @ a.X.astype(np.float64)
+    np.testing.assert_array_equal(a.S, exact)
+    monkeypatch.setattr(livepca, "F32_EXACT", 1024)  # rows·m² < 1024 leaves too few rows: float64 blocks
+    np.testing.assert_array_equal(a._gram(), exact)
+    monkeypatch.setattr(livepca, "F32_EXACT", 50)  # a cell may pass 50: X turns float64
+    _, b, _ = _stream(src, factor=2, chunk=64)
+    assert b.X.dtype == np.float64
+    np.testing.assert_array_equal(b.X, a.X)
+    np.testing.assert_array_equal(b.S, exact)

@@ -5,9 +5,10 @@ fill a bin becomes a partial bin, so no count is ever dropped.
 
 Each count lands at a flat key ``binned_pixel * channels + channel`` of the cube. Two stores:
 
-- **dense** (a flat array of every (pixel, channel)): a chunk's keys go in with one ``np.add.at``.
-  Events arrive in raster order, so consecutive keys fall in the same spectrum and the scatter
-  stays in cache (docs/performance.md: profiled against np.unique + fancy assignment).
+- **dense** (a flat array of every (pixel, channel)): a chunk of events goes in by one compiled
+  loop (``pipeline/scatter.py``; ``np.add.at`` for dense chunks). Events arrive in raster order,
+  so consecutive keys fall in the same spectrum and the scatter stays in cache
+  (docs/performance.md: profiled against np.unique + fancy assignment and ``np.add.at``).
 - **sparse** (scans whose dense cube would exceed ``DENSE_LIMIT_BYTES``, e.g. 1024×1024 raw ×
   4096 channels): sorted unique keys with their counts, merged from a buffer of incoming keys
   whenever the buffer reaches half the store (amortised O(n log n)). Memory follows the number of
@@ -22,11 +23,13 @@ pixels are normalised rather than silently zero-filled.
 from __future__ import annotations
 
 import mmap
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from edxlive.service.pipeline import scatter
 from edxlive.service.pipeline.meta import binned_shape
 
 DENSE_LIMIT_BYTES = 1 << 30  # a larger binned cube is kept sparse
@@ -38,13 +41,24 @@ class ChunkDelta:
     """What one accepted chunk added: (binned pixel, channel, count) entries.
 
     Entries may repeat a (pixel, channel) pair (one per X-ray for ``events`` chunks); ``counts``
-    is None when every entry counts one."""
+    is None when every entry counts one. An ``events`` chunk keeps its raw pixels instead of the
+    binned ones (``pixels``: bin_of, first pixel, offsets): the live statistics look them up in
+    their own compiled loop, and ``bins`` is built only when asked for."""
 
-    bins: np.ndarray
+    _bins: np.ndarray | None
     channels: np.ndarray
     counts: np.ndarray | None
     n_events: int
     duplicate: bool = False
+    pixels: tuple[np.ndarray, int, np.ndarray] | None = None
+
+    @property
+    def bins(self) -> np.ndarray:
+        if self._bins is None:
+            assert self.pixels is not None
+            bin_of, first, offsets = self.pixels
+            self._bins = bin_of[first + offsets.astype(np.int64)]
+        return self._bins
 
 
 def _empty_delta(duplicate: bool) -> ChunkDelta:
@@ -100,9 +114,21 @@ class Accumulator:
     def add_events(self, frame: int, first: int, n: int, offsets: np.ndarray, channels: np.ndarray) -> ChunkDelta:
         if self.seen(frame, first, n):
             return _empty_delta(True)
+        # the compiled loop does not check its indices: out of range would write outside the cube
+        if offsets.size and not (_within(offsets, n) and _within(channels, self.channels)
+                                 and first + n <= self.bin_of.size):
+            raise ValueError(f"events outside the chunk's {n} pixels or the scan's {self.channels} channels")
         self.coverage[frame, first:first + n] = True
         if offsets.size == 0:
             return _empty_delta(False)
+        if self._dense is not None:  # compiled loops: the cube and counts map; the delta keeps the raw offsets
+            offsets = scatter.events_array(offsets, scatter.OFFSET)
+            channels = scatter.events_array(channels, scatter.CHANNEL)
+            self._grow_bound(offsets.size)
+            scatter.kernels().add_events(self._dense, self._key_of, self._counts_map, self.bin_of, first, offsets,
+                                         channels)
+            self.events += offsets.size
+            return ChunkDelta(None, channels, None, int(offsets.size), pixels=(self.bin_of, first, offsets))
         keys = self._key_of[first:first + n][offsets]
         np.add(keys, channels, out=keys, casting="unsafe")  # channels were checked < self.channels
         self._add_keys(keys, None, offsets.size)
@@ -132,6 +158,13 @@ class Accumulator:
         if self._store is not None:
             self._store.add(keys, weights)
             return
+        cube = self._grow_bound(total)
+        # the value's dtype must match the cube's: numpy's fast add.at path, ~10x the generic one
+        np.add.at(cube, keys, cube.dtype.type(1) if weights is None else weights.astype(cube.dtype))
+
+    def _grow_bound(self, total: int) -> np.ndarray:
+        """Make room for ``total`` more counts in the dense cube: promote it to uint64 before any
+        cell could overflow (a full ``max()`` only when the running upper bound passes the limit)."""
         cube = self._dense
         assert cube is not None
         self._bound += total
@@ -139,8 +172,7 @@ class Accumulator:
             self._bound = int(cube.max(initial=0)) + total
             if self._bound > np.iinfo(cube.dtype).max:  # (over16bit data, long scans)
                 cube = self._dense = cube.astype(np.uint64)
-        # the value's dtype must match the cube's: numpy's fast add.at path, ~10x the generic one
-        np.add.at(cube, keys, cube.dtype.type(1) if weights is None else weights.astype(cube.dtype))
+        return cube
 
     def flush(self) -> None:
         """Merge buffered counts into the store (sparse mode); every view calls it first."""
@@ -220,18 +252,17 @@ class Accumulator:
         Sparse mode reads the store and the merge buffer as they are (no merge), in one pass."""
         n_bins = self.bin_size.size
         out = np.zeros((len(windows), n_bins))
-        if self._dense is not None:
-            cube = self.cube
-            for i, (lo, hi) in enumerate(windows):
-                out[i] = cube[:, lo:hi].sum(axis=1, dtype=np.float64)
+        if self._dense is not None:  # one compiled pass over the windows' cells (numpy: a reduction per row)
+            bounds = np.clip(np.array(windows, np.int64).reshape(-1, 2), 0, self.channels)
+            bounds[:, 1] = np.maximum(bounds[:, 0], bounds[:, 1])
+            scatter.kernels().window_sums(self.cube, bounds, out)
             return out
         assert self._store is not None
-        for keys, weights in self._store.parts():
-            bins, chans = np.divmod(keys, self.channels)
-            for i, (lo, hi) in enumerate(windows):
-                keep = (chans >= lo) & (chans < hi)
-                w = None if weights is None else weights[keep]
-                out[i] += np.bincount(bins[keep], weights=w, minlength=n_bins)
+        bounds = np.array(windows, np.int64).reshape(-1, 2)
+        for keys, weights in self._store.parts():  # compiled: numpy's divmod, masks and bincounts
+            # took 59 % of a 1024² × 4096 scan's ingest (docs/performance.md)
+            w = np.empty(0, self._store.vals.dtype) if weights is None else weights
+            scatter.kernels().key_window_sums(keys, w, self.channels, bounds, out)
         return out
 
     def frames_observed(self) -> np.ndarray:
@@ -353,16 +384,61 @@ class _SparseCounts:
 
 
 def fresh_zeros(n: int, dtype: np.dtype | type) -> np.ndarray:
-    """``np.zeros(n, dtype)`` in anonymous memory of ordinary pages.
+    """``np.zeros(n, dtype)`` in anonymous memory of ordinary pages, reusing a finished scan's.
 
     numpy asks the kernel for transparent huge pages on large arrays; where the kernel must compact
     memory to find them, the first touch of a scan's cube cost 1.3–1.7 s of CPU per 512 MiB, against
-    0.5 s with 4 KiB pages (docs/performance.md). The pages are zero until written; the memory is
-    returned when the array is freed."""
+    0.5 s with 4 KiB pages (docs/performance.md). Even those 0.5 s are page faults, once per scan:
+    a buffer of the same size that no array uses any more (the last scan's cube or live X) is
+    handed out again instead, zeroed already by ``zero_spares`` while the daemon was idle, or here
+    (~0.05 s per 512 MiB). Buffers of other sizes are released first, so the memory kept is at
+    most what the last scan used."""
     dtype = np.dtype(dtype)
-    if n * dtype.itemsize < 1 << 20:
+    nbytes = n * dtype.itemsize
+    if nbytes < 1 << 20:
         return np.zeros(n, dtype)
-    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype=dtype)
+    free = [i for i in range(len(_SPARE)) if _unused(i)]
+    same = sorted((i for i in free if len(_SPARE[i]) == nbytes), key=lambda i: not _CLEAN[i])
+    if same:
+        i = same[0]
+        out = np.frombuffer(_SPARE[i], dtype=dtype)
+        if not _CLEAN[i]:
+            out.fill(0)
+        _CLEAN[i] = False
+        return out
+    for i in reversed(free):  # another size: return their memory before taking more
+        _SPARE.pop(i).close()
+        _CLEAN.pop(i)
+    buf = mmap.mmap(-1, nbytes)
+    _SPARE.append(buf)
+    _CLEAN.append(False)
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def zero_spares() -> bool:
+    """Zero one buffer no scan uses any more, ahead of the next scan (the daemon calls it while
+    idle, one buffer per call); False when there is none left to zero."""
+    for i in range(len(_SPARE)):
+        if not _CLEAN[i] and _unused(i):
+            np.frombuffer(_SPARE[i], dtype=np.uint8).fill(0)
+            _CLEAN[i] = True
+            return True
+    return False
+
+
+_SPARE: list[mmap.mmap] = []  # every buffer fresh_zeros handed out and not yet released
+_CLEAN: list[bool] = []  # _SPARE[i] is unused and all zero
+
+
+def _unused(i: int) -> bool:
+    """No array uses ``_SPARE[i]`` any more: the list's reference and getrefcount's own are all.
+    (An array of it, or any view of that array, holds a memoryview that references the buffer.)"""
+    return sys.getrefcount(_SPARE[i]) == 2
+
+
+def _within(a: np.ndarray, limit: int) -> bool:
+    """Every value of the integer array ``a`` in [0, limit)."""
+    return int(a.max()) < limit and (a.dtype.kind == "u" or int(a.min()) >= 0)
 
 
 def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
