@@ -25,7 +25,7 @@ from edxlive.service import protocol as p
 from edxlive.service.config import Settings
 from edxlive.service.pipeline.accumulate import Accumulator, zero_spares
 from edxlive.service.pipeline.livepca import LivePCA
-from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta, binned_shape
+from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
 
 
 @dataclass
@@ -275,9 +275,9 @@ class Engine:
                                                f"spectrum (must end between 0 and {MAX_KEV:g} keV); check the "
                                                "calibration sent in scan.start"), h.scan_id)
         need = Accumulator.nbytes_for(tuple(h.shape), h.channels, self.settings.binning.factor, h.frames)  # type: ignore[arg-type]
-        if self.settings.storage.checkpoint_interval_s > 0:  # the checkpoint writer works on a copy of the cube
-            nb = binned_shape(tuple(h.shape), self.settings.binning.factor)  # type: ignore[arg-type]
-            need += nb[0] * nb[1] * h.channels * 4
+        if self.settings.storage.checkpoint_interval_s > 0:  # the checkpoint writer copies the non-zero cells
+            shape = tuple(h.shape)
+            need += Accumulator.nonzero_nbytes_for(shape, h.channels, self.settings.binning.factor)  # type: ignore[arg-type]
         budget = self.settings.limits.memory_budget_bytes
         if need > budget:
             self.refused.add(h.scan_id)

@@ -239,3 +239,13 @@ def test_events_outside_the_chunk_are_refused_before_anything_is_written() -> No
         with pytest.raises(ValueError, match="outside"):
             acc.add_events(0, 0, 64, np.array(offsets), np.array(chans))
     assert acc.events == 0 and not acc.cube.any() and not acc.coverage.any()
+
+
+def test_a_sparse_scan_and_its_checkpoint_copy_fit_the_default_budget() -> None:
+    """A 2048x2048 x 4096 raw scan (1024x1024 binned): the store and the checkpoint's copy are
+    budgeted by their non-zero cells, not as a dense 16 GiB cube, so the default budget takes it."""
+    from edxlive.service.config import Settings
+
+    shape, channels = (2048, 2048), 4096
+    need = Accumulator.nbytes_for(shape, channels, 2, 20) + Accumulator.nonzero_nbytes_for(shape, channels, 2)
+    assert need < Settings().limits.memory_budget_bytes

@@ -104,8 +104,15 @@ class Accumulator:
         n_raw = shape[0] * shape[1]
         cube = n_bins * channels * itemsize
         if cube > DENSE_LIMIT_BYTES:
-            cube = 16 * min(n_bins * channels, 32 * n_raw)
+            cube = Accumulator.nonzero_nbytes_for(shape, channels, factor)
         return cube + frames * n_raw + n_bins * 16 + n_raw * 16
+
+    @staticmethod
+    def nonzero_nbytes_for(shape: tuple[int, int], channels: int, factor: int) -> int:
+        """The non-zero cells (key, count and headroom: 16 bytes each), budgeted for up to 32
+        distinct (pixel, channel) pairs per raw pixel: a sparse store, or a checkpoint's copy."""
+        nb = binned_shape(shape, factor)
+        return 16 * min(nb[0] * nb[1] * channels, 32 * shape[0] * shape[1])
 
     def seen(self, frame: int, first: int, n: int) -> bool:
         """True when every pixel of this frame's range was received already (a duplicate chunk)."""
