@@ -60,7 +60,8 @@ def main() -> None:
 def stages(result) -> str:  # type: ignore[no-untyped-def]
     """Seconds per stage, from the result's own timings."""
     parts = {"elements": result.durations_s.get("elements", 0.0),
-             "prep+pca": result.durations_s.get("preprocess_pca", 0.0)}
+             "prep+pca": result.durations_s.get("preprocess_pca", 0.0),
+             "features": result.durations_s.get("features", 0.0)}
     for name, wf in result.workflows.items():
         parts.update({f"{name}.{k}": v for k, v in wf.durations_s.items() if k != "pca"})
     return " ".join(f"{k} {v:.1f}" for k, v in parts.items())

@@ -198,3 +198,28 @@ def test_low_dose_compositions_are_recovered_within_their_sigma(tmp_path_factory
             z += list(_z_scores(cluster, phases[pid]).values())
     z = np.abs(np.array(z))
     assert np.mean(z <= 2) >= 0.75 and z.max() < 4, np.round(z, 1)
+
+
+@pytest.mark.parametrize("scaling", ["robust", "poisson"])
+def test_prepare_in_row_blocks_equals_the_whole_matrix(scaling: str) -> None:
+    """prepare() scales the map a block of rows at a time (memory): the same numbers as scaling the
+    whole energy-cut matrix at once, gaps (dose < 1) and unobserved pixels included."""
+    from edxlive.service.pipeline import preprocess
+    from edxlive.service.pipeline.subsample import sample_rows
+
+    ph = make_phantom("tiny", seed=1, shape=(96, 96))
+    cube = offline_bin(ph.counts, 1)
+    dose = np.ones(cube.shape[:2])
+    dose[5, :] = 0.5
+    dose[7, 3] = 0.0
+    got = preprocess.prepare(cube, ph.meta, scaling, dose, fit_rows=2000, random_state=3)
+    X, _, _ = preprocess.cut_and_rebin(cube.reshape(-1, cube.shape[-1]), ph.meta)
+    observed = dose.reshape(-1) > 0
+    X = X[observed] / dose.reshape(-1)[observed][:, None]
+    if scaling == "robust":
+        want = preprocess.robust_scale(X, sample_rows(len(X), 2000, 3))
+    else:
+        want = preprocess.poisson_scale(X)
+    assert preprocess.BLOCK_ROWS < len(X)  # more than one block
+    np.testing.assert_array_equal(got.X, want.astype(np.float32))
+    np.testing.assert_array_equal(got.observed, observed)

@@ -121,14 +121,18 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
     timings["preprocess_pca"] = time.perf_counter() - t1
     ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift, dose)
     workflows: dict[str, WorkflowResult] = {}
+    # one smoothing for both workflows: the GMM's scores are the leading columns of UMAP's features
+    t2 = time.perf_counter()
+    features = None if params.faithful else ctx.smooth(_umap_features(prepared.X, pca))
+    timings["features"] = time.perf_counter() - t2
     if "pca_gmm" in params.workflows:
         report("pca_gmm", 0.3)
-        workflows["pca_gmm"] = run_pca_gmm(ctx, pca.scores if params.faithful else ctx.smooth(pca.scores), pca,
-                                           timings["preprocess_pca"])
+        scores = pca.scores if features is None else features[:, :pca.n_keep]
+        workflows["pca_gmm"] = run_pca_gmm(ctx, scores, pca, timings["preprocess_pca"])
     if "umap_hdbscan" in params.workflows:
         report("umap_hdbscan", 0.5)
-        features = prepared.X if params.faithful else ctx.smooth(_umap_features(prepared.X, pca))
-        workflows["umap_hdbscan"] = run_umap_hdbscan(ctx, features, timings["preprocess_pca"])
+        workflows["umap_hdbscan"] = run_umap_hdbscan(ctx, prepared.X if features is None else features,
+                                                     timings["preprocess_pca"])
     report("verdict", 0.9)
     agreement = _agreement(workflows, prepared.observed)
     low = _low_count_elements(total, meta, elements, kf, shift)
@@ -157,8 +161,11 @@ def choose_elements(given: list[str], meta: ScanMeta, total: np.ndarray) -> tupl
 
 
 def _umap_features(X: np.ndarray, pca) -> np.ndarray:
-    """PCA scores carry the signal in few dimensions; keep at least 6 so UMAP has room."""
+    """PCA scores carry the signal in few dimensions; keep at least 6 so UMAP has room (the same
+    PCA's further components, or a PCA of its own where that one had fewer than 6)."""
     n = max(pca.n_keep, UMAP_MIN_DIMS)
+    if pca.all_scores is not None and n <= pca.all_scores.shape[1]:
+        return pca.all_scores[:, :n]
     if n <= pca.scores.shape[1]:
         return pca.scores
     from sklearn.decomposition import PCA

@@ -55,33 +55,88 @@ def prepare(cube: np.ndarray, meta: ScanMeta, scaling: str = "poisson", dose: np
     if scaling not in SCALINGS:
         raise ValueError(f"scaling {scaling!r} is not known; use one of {', '.join(SCALINGS)}")
     flat = cube.reshape(-1, cube.shape[-1])
-    reduced, rng, rebin = cut_and_rebin(flat, meta, max_channels)
-    observed = np.ones(reduced.shape[0], dtype=bool) if dose is None else dose.reshape(-1) > 0
-    X = reduced if observed.all() else reduced[observed]
-    if dose is not None:
-        X = X / dose.reshape(-1)[observed][:, None]
-    X = poisson_scale(X) if scaling == "poisson" else robust_scale(X, sample_rows(len(X), fit_rows, random_state))
-    return Prepared(X.astype(np.float32), observed, rng, rebin)
+    observed = np.ones(flat.shape[0], dtype=bool) if dose is None else dose.reshape(-1) > 0
+    rows = np.flatnonzero(observed)
+    inv_dose = None if dose is None else 1.0 / dose.reshape(-1)[rows]
+    sample = sample_rows(len(rows), fit_rows, random_state)
+    if scaling == "robust" and sample is None:  # quantiles of every row: the whole matrix at once
+        X, rng, rebin = _reduced(flat, rows, inv_dose, meta, max_channels, slice(None))
+        return Prepared(robust_scale(X).astype(np.float32), observed, rng, rebin)
+    # Profiled: float64 temporaries of the whole map (0.5 GiB each at 256x256 binned) cost more in
+    # first-touch page faults than the arithmetic; rows go through in blocks into one float32 array.
+    if scaling == "robust":
+        part, rng, rebin = _reduced(flat, rows, inv_dose, meta, max_channels, sample)
+        median, iqr = robust_parameters(part)
+        transform = lambda X: (X - median) / iqr  # noqa: E731
+    else:
+        h = _column_means(flat, rows, inv_dose, meta, max_channels)
+        h_safe = np.where(h > 0, h, np.inf)
+        transform = lambda X: _poisson_rows(X, h_safe)  # noqa: E731
+    return _blockwise(flat, rows, inv_dose, meta, max_channels, transform, observed)
+
+
+BLOCK_ROWS = 4096
+
+
+def _reduced(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta, max_channels: int,
+             which: slice | np.ndarray) -> tuple[np.ndarray, slice, int]:
+    """The energy-cut, rebinned, dose-normalised float64 rows ``rows[which]``."""
+    take = rows[which]
+    full = len(take) == flat.shape[0]
+    X, rng, rebin = cut_and_rebin(flat if full else flat[take], meta, max_channels)
+    if inv_dose is not None:
+        X *= inv_dose[which][:, None]
+    return X, rng, rebin
+
+
+def _blockwise(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta,
+               max_channels: int, transform, observed: np.ndarray) -> Prepared:  # type: ignore[no-untyped-def]
+    out = None
+    for start in range(0, len(rows), BLOCK_ROWS):
+        part, rng, rebin = _reduced(flat, rows, inv_dose, meta, max_channels, slice(start, start + BLOCK_ROWS))
+        if out is None:
+            out = np.empty((len(rows), part.shape[1]), dtype=np.float32)
+        out[start:start + len(part)] = transform(part)
+    if out is None:
+        _, rng, rebin = cut_and_rebin(flat[:0], meta, max_channels)
+        out = np.empty((0, (rng.stop - rng.start) // rebin), dtype=np.float32)
+    return Prepared(out, observed, rng, rebin)
+
+
+def _column_means(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta,
+                  max_channels: int) -> np.ndarray:
+    total = 0.0
+    for start in range(0, len(rows), BLOCK_ROWS):
+        part, _, _ = _reduced(flat, rows, inv_dose, meta, max_channels, slice(start, start + BLOCK_ROWS))
+        total = total + part.sum(axis=0)
+    return np.asarray(total) / max(len(rows), 1)
+
+
+def _poisson_rows(X: np.ndarray, h_safe: np.ndarray) -> np.ndarray:
+    g = X.mean(axis=1)
+    g = np.where(g > 0, g, g[g > 0].min() if (g > 0).any() else 1.0)
+    return X / np.sqrt(g[:, None]) / np.sqrt(h_safe[None, :])
 
 
 def poisson_scale(X: np.ndarray) -> np.ndarray:
     """Keenan & Kotula (2004): divide by √(mean image ⊗ mean spectrum)."""
-    g = X.mean(axis=1)
     h = X.mean(axis=0)
-    g = np.where(g > 0, g, g[g > 0].min() if (g > 0).any() else 1.0)
-    h_safe = np.where(h > 0, h, np.inf)
-    return X / np.sqrt(g[:, None]) / np.sqrt(h_safe[None, :])
+    return _poisson_rows(X, np.where(h > 0, h, np.inf))
+
+
+def robust_parameters(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's RobustScaler's centre and scale: the median and the 25-75 % IQR (a zero IQR
+    scales by 1). RobustScaler takes ``np.nanpercentile``, slow on 65k x 1000 arrays; the data here
+    hold no NaN, so ``np.percentile`` gives identical quantiles (tests/test_workflows.py)."""
+    q25, median, q75 = np.percentile(X, [25, 50, 75], axis=0)
+    iqr = q75 - q25
+    iqr[iqr < 10 * np.finfo(np.float64).eps] = 1.0  # as sklearn's _handle_zeros_in_scale
+    return median, iqr
 
 
 def robust_scale(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """scikit-learn's RobustScaler (median, 25-75 % IQR; a zero IQR scales by 1), same numbers.
-
-    RobustScaler takes ``np.nanpercentile``, which is slow on 65k x 1000 arrays; the data here
-    hold no NaN, so ``np.percentile`` gives identical quantiles (tests/test_workflows.py).
-    With ``rows``, the quantiles are those of these rows only (fast mode on large maps)."""
-    q25, median, q75 = np.percentile(X if rows is None else X[rows], [25, 50, 75], axis=0)
-    iqr = q75 - q25
-    iqr[iqr < 10 * np.finfo(np.float64).eps] = 1.0  # as sklearn's _handle_zeros_in_scale
+    """RobustScaler's transform, with the quantiles of ``rows`` only when given (fast mode)."""
+    median, iqr = robust_parameters(X if rows is None else X[rows])
     return (X - median) / iqr
 
 
