@@ -53,11 +53,16 @@ asyncio.run(main())
 """
 
 
-def test_starts_in_about_a_second_without_heavy_modules() -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60,
+def _probe(code: str) -> dict:
+    """Run a probe in a fresh interpreter; its last line is a JSON report."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=procs.REPO, env=procs.child_env(), check=False)
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_starts_in_about_a_second_without_heavy_modules() -> None:
+    report = _probe(PROBE)
     assert report["loaded"] == []
     assert report["started_s"] < STARTUP_LIMIT_S, f"the dashboard took {report['started_s']:.2f} s to start"
 
@@ -81,10 +86,7 @@ asyncio.run(main())
 
 
 def test_the_first_frame_waits_for_neither_the_protocol_nor_numpy_nor_the_other_views() -> None:
-    out = subprocess.run([sys.executable, "-c", FIRST_FRAME], capture_output=True, text=True, timeout=60,
-                         cwd=procs.REPO, env=procs.child_env(), check=False)
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _probe(FIRST_FRAME)
     assert report["loaded"] == []
     assert report["banner"].startswith("CONNECTING")
 
