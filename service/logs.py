@@ -11,8 +11,10 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from edxlive.service.config import LoggingConfig
+if TYPE_CHECKING:  # a type only: the config (pydantic-settings, ~0.25 s) stays out of clients' start
+    from edxlive.service.config import LoggingConfig
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 

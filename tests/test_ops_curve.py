@@ -233,11 +233,13 @@ def test_oversized_message_under_curve_is_counted_and_the_publisher_reconnected(
 
 def test_no_configuration_means_no_keys_without_loading_settings() -> None:
     """A client with no EDXLIVE_* variable (so no config file either) has no CURVE keys, and finds
-    that out without pydantic-settings (0.4 s of `edxlive dashboard`'s start)."""
+    that out without pydantic-settings (0.4 s of `edxlive dashboard`'s start; the CLI and its
+    logging module do not load it either)."""
     import os
     import sys
 
-    code = ("import sys; from edxlive.clients.curve import keys_from_config; "
+    code = ("import sys; import edxlive.service.cli, edxlive.service.logs; "
+            "from edxlive.clients.curve import keys_from_config; "
             "assert keys_from_config('client') is None; assert 'pydantic_settings' not in sys.modules")
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("EDXLIVE_")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
