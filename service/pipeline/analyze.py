@@ -22,7 +22,7 @@ from edxlive.service.pipeline.pca_gmm import gmm, pca_scores
 from edxlive.service.pipeline.preprocess import prepare, smooth_over_pixels
 from edxlive.service.pipeline.quantify import METHOD, Composition, estimate_shift, quantify
 from edxlive.service.pipeline.results import AnalysisParams, AnalysisResult, ClusterResult, WorkflowResult
-from edxlive.service.pipeline.spectra import hard_sums, interior, one_hot, quantified_sums, soft_sums
+from edxlive.service.pipeline.spectra import interior, one_hot, quantified_sums, weighted_sums
 from edxlive.service.pipeline.umap_hdbscan import umap_hdbscan
 from edxlive.service.pipeline.verdict import LOW_COUNTS_PER_PX, Member, build_verdict, role_of
 
@@ -44,7 +44,8 @@ class Context:
         self.dose = dose
         # profiled: flat[observed] copies the whole cube (1 GiB at 256x256x2048); skip it when every pixel is in
         self.observed_flat = self.flat if observed.all() else self.flat[observed]
-        self.mean_cpp = float(self.observed_flat.sum(dtype=np.float64) / max(observed.sum(), 1))
+        self.totals = self.flat.sum(axis=1, dtype=np.float64)  # counts per pixel, one pass over the cube
+        self.mean_cpp = float(self.totals[observed].sum() / max(observed.sum(), 1))
 
     def clusters(self, sums: np.ndarray, sizes: np.ndarray, weights: np.ndarray, labels: np.ndarray
                  ) -> list[ClusterResult]:
@@ -72,7 +73,7 @@ class Context:
         """The clustering features averaged over neighbouring pixels, edge-aware (preprocess.py)."""
         if self.params.smoothing_px <= 0:
             return features
-        totals = self.flat.sum(axis=1, dtype=np.float64)
+        totals = self.totals
         if self.dose is not None:  # a pixel that lost frames is not thinner: compare doses alike
             totals = totals / np.maximum(self.dose.reshape(-1), 1e-12)
         return smooth_over_pixels(features, self.observed, self.map_shape, self.params.smoothing_px, totals)
@@ -164,10 +165,8 @@ def _umap_features(X: np.ndarray, pca) -> np.ndarray:
     """PCA scores carry the signal in few dimensions; keep at least 6 so UMAP has room (the same
     PCA's further components, or a PCA of its own where that one had fewer than 6)."""
     n = max(pca.n_keep, UMAP_MIN_DIMS)
-    if pca.all_scores is not None and n <= pca.all_scores.shape[1]:
+    if n <= pca.all_scores.shape[1]:
         return pca.all_scores[:, :n]
-    if n <= pca.scores.shape[1]:
-        return pca.scores
     from sklearn.decomposition import PCA
 
     return PCA(n_components=min(n, *X.shape), random_state=0).fit_transform(X)
@@ -178,7 +177,7 @@ def run_pca_gmm(ctx: Context, scores: np.ndarray, pca, pca_seconds: float) -> Wo
     t0 = time.perf_counter()
     g = gmm(scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows)
     t1 = time.perf_counter()
-    sums, sizes = soft_sums(ctx.observed_flat, g.memberships)
+    sums, sizes = weighted_sums(ctx.observed_flat, g.memberships)
     clusters = ctx.clusters(sums, sizes, g.memberships, g.labels)
     t2 = time.perf_counter()
     params = {"scaling": "robust" if p.faithful else p.scaling, "n_components": pca.n_keep, "k": g.k,
@@ -198,8 +197,9 @@ def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> 
                      None if p.faithful else p.fit_rows)
     t0 = time.perf_counter()
     n_clusters = int(u.labels.max()) + 1 if u.labels.size and u.labels.max() >= 0 else 0
-    sums, sizes = hard_sums(ctx.observed_flat, u.labels, n_clusters)
-    clusters = ctx.clusters(sums, sizes, one_hot(u.labels, n_clusters), u.labels)
+    weights = one_hot(u.labels, n_clusters)  # built once: the sums and the interiors both use it
+    sums, sizes = weighted_sums(ctx.observed_flat, weights)
+    clusters = ctx.clusters(sums, sizes, weights, u.labels)
     params = {"input": "scaled spectra" if p.faithful else f"PCA scores ({features.shape[1]} dims)",
               "smoothing_px": 0.0 if p.faithful else p.smoothing_px,
               "n_components": 4, "min_cluster_size": u.min_cluster_size, "random_state": p.random_state,

@@ -98,14 +98,12 @@ def identify_elements(spectrum: np.ndarray, meta: ScanMeta, significance: float 
 
 
 def _chi2(spec: np.ndarray, meta: ScanMeta, elements: list[str], shift: float) -> tuple[float, np.ndarray, slice]:
-    from edxlive.service.pipeline.quantify import build_model, fit, poisson_variance, variance_floor
+    from edxlive.service.pipeline.quantify import build_model, fit, pulls
 
     model = build_model(meta, elements, shift)
     coef, _ = fit(spec, model)
-    y = spec[model.rng]
-    var = poisson_variance(model.design @ coef, y, variance_floor(y))
-    resid = y - model.design @ coef
-    return float(np.sum(resid**2 / var)), resid / np.sqrt(var), model.rng
+    normalised = pulls(spec, model, coef)
+    return float(np.sum(normalised**2)), normalised, model.rng
 
 
 def _fwhm_channels(meta: ScanMeta) -> float:

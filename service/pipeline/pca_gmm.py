@@ -27,10 +27,14 @@ from edxlive.service.pipeline.subsample import sample_rows
 
 @dataclass
 class PCAResult:
-    scores: np.ndarray  # (n, n_keep)
+    all_scores: np.ndarray  # (n, max_components): UMAP takes more than the kept ones
     n_keep: int
     scree: np.ndarray  # explained variance ratio of the first max_components
-    all_scores: np.ndarray | None = None  # (n, max_components): UMAP takes more than n_keep
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The kept components' scores (n, n_keep): what the GMM sees."""
+        return self.all_scores[:, :self.n_keep]
 
 
 @dataclass
@@ -77,8 +81,7 @@ def pca_scores(X: np.ndarray, max_components: int = 20, random_state: int | None
     scores = pca.fit_transform(X) if rows is None else pca.fit(fit_on).transform(X)
     scree = pca.explained_variance_ratio_
     n_keep = max(2, knee(np.log(np.maximum(scree, 1e-12))) + 1) if n_comp > 2 else n_comp
-    scores = scores.astype(np.float64)
-    return PCAResult(scores[:, :n_keep], n_keep, scree, scores)
+    return PCAResult(scores.astype(np.float64), n_keep, scree)
 
 
 def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | None = 0,

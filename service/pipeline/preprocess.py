@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,11 +38,15 @@ def energy_range(meta: ScanMeta, e_min: float = 0.2, e_max: float = 20.0) -> sli
     return slice(lo, hi) if hi > lo else slice(0, meta.channels)
 
 
-def cut_and_rebin(flat: np.ndarray, meta: ScanMeta, max_channels: int = 1024) -> tuple[np.ndarray, slice, int]:
+def channel_plan(meta: ScanMeta, max_channels: int = 1024) -> tuple[slice, int]:
+    """The kept channel range and the rebinning factor that leaves at most ``max_channels``."""
     rng = energy_range(meta)
-    width = rng.stop - rng.start
-    rebin = max(1, -(-width // max_channels))
-    n = width // rebin * rebin
+    return rng, max(1, -(-(rng.stop - rng.start) // max_channels))
+
+
+def cut_and_rebin(flat: np.ndarray, meta: ScanMeta, max_channels: int = 1024) -> tuple[np.ndarray, slice, int]:
+    rng, rebin = channel_plan(meta, max_channels)
+    n = (rng.stop - rng.start) // rebin * rebin
     # Profiled: a reshape-sum over a strided (pixels x channels) view walks the whole cube slowly;
     # `rebin` strided slices added together give the same integers ~8x faster.
     reduced = flat[:, rng.start:rng.start + n:rebin].astype(np.float64)
@@ -59,57 +65,47 @@ def prepare(cube: np.ndarray, meta: ScanMeta, scaling: str = "poisson", dose: np
     rows = np.flatnonzero(observed)
     inv_dose = None if dose is None else 1.0 / dose.reshape(-1)[rows]
     sample = sample_rows(len(rows), fit_rows, random_state)
+    rng, rebin = channel_plan(meta, max_channels)
+    width = (rng.stop - rng.start) // rebin
     if scaling == "robust" and sample is None:  # quantiles of every row: the whole matrix at once
-        X, rng, rebin = _reduced(flat, rows, inv_dose, meta, max_channels, slice(None))
+        X = _reduced(flat, rows, inv_dose, meta, max_channels, slice(None))
         return Prepared(robust_scale(X).astype(np.float32), observed, rng, rebin)
     # Profiled: float64 temporaries of the whole map (0.5 GiB each at 256x256 binned) cost more in
     # first-touch page faults than the arithmetic; rows go through in blocks into one float32 array.
+    blocks = functools.partial(_row_blocks, flat, rows, inv_dose, meta, max_channels)
     if scaling == "robust":
-        part, rng, rebin = _reduced(flat, rows, inv_dose, meta, max_channels, sample)
-        median, iqr = robust_parameters(part)
+        median, iqr = robust_parameters(_reduced(flat, rows, inv_dose, meta, max_channels, sample))
         transform = lambda X: (X - median) / iqr  # noqa: E731
     else:
-        h = _column_means(flat, rows, inv_dose, meta, max_channels)
-        h_safe = np.where(h > 0, h, np.inf)
+        h = np.zeros(width)  # the mean spectrum, before any row is scaled
+        for _, part in blocks():
+            h += part.sum(axis=0)
+        h_safe = np.where(h > 0, h / max(len(rows), 1), np.inf)
         transform = lambda X: _poisson_rows(X, h_safe)  # noqa: E731
-    return _blockwise(flat, rows, inv_dose, meta, max_channels, transform, observed)
+    out = np.empty((len(rows), width), dtype=np.float32)
+    for start, part in blocks():
+        out[start:start + len(part)] = transform(part)
+    return Prepared(out, observed, rng, rebin)
 
 
 BLOCK_ROWS = 4096
 
 
 def _reduced(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta, max_channels: int,
-             which: slice | np.ndarray) -> tuple[np.ndarray, slice, int]:
+             which: slice | np.ndarray) -> np.ndarray:
     """The energy-cut, rebinned, dose-normalised float64 rows ``rows[which]``."""
     take = rows[which]
-    full = len(take) == flat.shape[0]
-    X, rng, rebin = cut_and_rebin(flat if full else flat[take], meta, max_channels)
+    X, _, _ = cut_and_rebin(flat if len(take) == flat.shape[0] else flat[take], meta, max_channels)
     if inv_dose is not None:
         X *= inv_dose[which][:, None]
-    return X, rng, rebin
+    return X
 
 
-def _blockwise(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta,
-               max_channels: int, transform, observed: np.ndarray) -> Prepared:  # type: ignore[no-untyped-def]
-    out = None
+def _row_blocks(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta,
+                max_channels: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, its block of reduced rows), BLOCK_ROWS at a time."""
     for start in range(0, len(rows), BLOCK_ROWS):
-        part, rng, rebin = _reduced(flat, rows, inv_dose, meta, max_channels, slice(start, start + BLOCK_ROWS))
-        if out is None:
-            out = np.empty((len(rows), part.shape[1]), dtype=np.float32)
-        out[start:start + len(part)] = transform(part)
-    if out is None:
-        _, rng, rebin = cut_and_rebin(flat[:0], meta, max_channels)
-        out = np.empty((0, (rng.stop - rng.start) // rebin), dtype=np.float32)
-    return Prepared(out, observed, rng, rebin)
-
-
-def _column_means(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta,
-                  max_channels: int) -> np.ndarray:
-    total = 0.0
-    for start in range(0, len(rows), BLOCK_ROWS):
-        part, _, _ = _reduced(flat, rows, inv_dose, meta, max_channels, slice(start, start + BLOCK_ROWS))
-        total = total + part.sum(axis=0)
-    return np.asarray(total) / max(len(rows), 1)
+        yield start, _reduced(flat, rows, inv_dose, meta, max_channels, slice(start, start + BLOCK_ROWS))
 
 
 def _poisson_rows(X: np.ndarray, h_safe: np.ndarray) -> np.ndarray:

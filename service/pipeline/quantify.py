@@ -130,6 +130,13 @@ def poisson_variance(model: np.ndarray, data: np.ndarray, floor: float) -> np.nd
     return np.maximum(np.maximum(model, 0.5 * data), floor)
 
 
+def pulls(spectrum: np.ndarray, model: Model, coef: np.ndarray) -> np.ndarray:
+    """The fit's residuals in units of their Poisson σ, channel by channel (χ² is their sum of squares)."""
+    y = np.asarray(spectrum, dtype=np.float64)[model.rng]
+    fitted = model.design @ coef
+    return (y - fitted) / np.sqrt(poisson_variance(fitted, y, variance_floor(y)))
+
+
 def variance_floor(data: np.ndarray) -> float:
     """Half the spectrum's mean counts per channel (at least 10⁻³): far below any channel the model
     describes, so the fit stays the maximum-likelihood one where it matters."""
@@ -208,9 +215,7 @@ def estimate_shift(spectrum: np.ndarray, meta: ScanMeta, elements: list[str], ma
     for shift in np.arange(-max_shift_kev, max_shift_kev + step_kev / 2, step_kev):
         model = build_model(meta, elements, float(shift))
         coef, _ = fit(spectrum, model, max_passes=3)  # ranks shifts; the sum spectrum has counts enough
-        y = np.asarray(spectrum, dtype=np.float64)[model.rng]
-        resid = y - model.design @ coef
-        chi = float(np.sum(resid**2 / poisson_variance(model.design @ coef, y, variance_floor(y))))
+        chi = float(np.sum(pulls(spectrum, model, coef) ** 2))
         if chi < best_chi:
             best, best_chi = float(shift), chi
     return best

@@ -1,7 +1,8 @@
 """Cluster-mean spectra: the raw counts of each cluster's pixels, summed.
 
-Hard labels sum member pixels (noise −1 excluded); soft memberships (GMM) weight every pixel by
-its membership, so a pixel shared between two clusters is shared in their sums too.
+Soft memberships (GMM) weight every pixel by its membership, so a pixel shared between two
+clusters is shared in their sums too; hard labels (HDBSCAN) go in as one-hot weights (noise −1
+has none), so their sums are the member pixels' exact integer sums.
 
 ``interior`` keeps, of each cluster, the members whose eight neighbours are members too: the
 pixels away from the cluster's edges, where a binned pixel can straddle two phases or a phase and
@@ -20,15 +21,9 @@ def one_hot(labels: np.ndarray, n_clusters: int) -> np.ndarray:
     return (labels[:, None] == np.arange(n_clusters)[None, :]).astype(np.float64)
 
 
-def hard_sums(flat: np.ndarray, labels: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sums (k, channels), pixel counts (k,)) over pixels with label 0..k-1."""
-    onehot = one_hot(labels, n_clusters)
-    return _weighted_sums(flat, onehot), onehot.sum(axis=0)
-
-
-def soft_sums(flat: np.ndarray, memberships: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Membership-weighted sums: Mᵀ X, and the effective pixel count Σ M per cluster."""
-    return _weighted_sums(flat, memberships), memberships.sum(axis=0)
+def weighted_sums(flat: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, Wᵀ X (sums, (k, channels)) and the effective pixel count Σ W (k,)."""
+    return _weighted_sums(flat, weights), weights.sum(axis=0)
 
 
 def _weighted_sums(flat: np.ndarray, weights: np.ndarray) -> np.ndarray:
