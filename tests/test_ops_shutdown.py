@@ -20,13 +20,9 @@ from tests import procs
 
 
 def test_sigterm_mid_scan_saves_the_counts_and_leaves_no_partial_files(shared_data: Path, tmp_path: Path) -> None:
-    source = shared_data / "bruker" / "test_TEM.bcf"
     # 8 frames over 30 s: the scan is still running when the daemon is stopped.
-    sim = procs.start_simulator(str(source), "--frames", "8", "--scan-seconds", "30", "--scan-id", "term-1")
-    env = procs.child_env(EDXLIVE_ANALYSIS__WORKFLOWS='["pca_gmm"]', EDXLIVE_ANALYSIS__WARMUP="false")
-    data = tmp_path / "data"
-    daemon = procs.start_daemon(data, [sim.endpoint], env=env)
-    log = data / "daemon.log"
+    sim, daemon, data, log = _scan_into_daemon(shared_data, tmp_path, "--frames", "8", "--scan-seconds", "30",
+                                               "--scan-id", "term-1")
     with procs.running(sim):
         try:
             # Wait until counts have arrived: the first live update comes after some chunks.
@@ -58,6 +54,15 @@ def test_sigterm_mid_scan_saves_the_counts_and_leaves_no_partial_files(shared_da
     assert "shutting down" in text and "Traceback" not in text
 
 
+def _scan_into_daemon(shared_data: Path, tmp_path: Path, *sim_args: str):  # type: ignore[no-untyped-def]
+    """test_TEM.bcf from a simulator into a daemon (GMM only, no warm-up): (sim, daemon, data, log)."""
+    sim = procs.start_simulator(str(shared_data / "bruker" / "test_TEM.bcf"), *sim_args)
+    env = procs.child_env(EDXLIVE_ANALYSIS__WORKFLOWS='["pca_gmm"]', EDXLIVE_ANALYSIS__WARMUP="false")
+    data = tmp_path / "data"
+    daemon = procs.start_daemon(data, [sim.endpoint], env=env)
+    return sim, daemon, data, data / "daemon.log"
+
+
 def _partial(data: Path) -> list[str]:
     """Temporaries of storage.atomic_write (``.<name>.<random>.part``) and of the spectrum image writer
     (``.spectrum_image.part.zspy``): any of them left means a write was cut short."""
@@ -77,12 +82,7 @@ def _events(metrics_url: str | None) -> float:
 def test_sigterm_during_analysis_lets_it_finish(shared_data: Path, tmp_path: Path) -> None:
     """Stopped while a scan-end analysis runs: the daemon waits for it (the unit's TimeoutStopSec covers
     this), so the result folder is complete and holds no temporaries."""
-    source = shared_data / "bruker" / "test_TEM.bcf"
-    sim = procs.start_simulator(str(source), "--frames", "2", "--fast", "--scan-id", "term-2")
-    env = procs.child_env(EDXLIVE_ANALYSIS__WORKFLOWS='["pca_gmm"]', EDXLIVE_ANALYSIS__WARMUP="false")
-    data = tmp_path / "data"
-    daemon = procs.start_daemon(data, [sim.endpoint], env=env)
-    log = data / "daemon.log"
+    sim, daemon, data, log = _scan_into_daemon(shared_data, tmp_path, "--frames", "2", "--fast", "--scan-id", "term-2")
     with procs.running(sim):
         try:
             procs.wait_for(lambda: "term-2: completed" in log.read_text(), timeout=60, what="the scan to end")
