@@ -52,7 +52,10 @@ def test_sulfide_phases_are_found_and_quantified() -> None:
 def test_workflow_outputs_are_complete() -> None:
     result, _ = _analysed("sulfide")
     gmm, umap = result.workflows["pca_gmm"], result.workflows["umap_hdbscan"]
-    assert gmm.extras["suggested_k"] == len(gmm.clusters)
+    # BIC suggests the mixture's components; components with a unimodal mixture are one cluster
+    assert gmm.extras["suggested_k"] == gmm.params["mixture_components"]
+    assert sorted(c for g in gmm.extras["merged_components"] for c in g) == list(range(gmm.extras["suggested_k"]))
+    assert len(gmm.extras["merged_components"]) == gmm.params["k"] == len(gmm.clusters)
     assert np.all(np.diff(gmm.extras["scree"]) <= 1e-12)  # descending
     assert gmm.memberships is not None and gmm.memberships.shape[-1] == len(gmm.clusters)  # soft, kept
     observed = gmm.labels >= 0

@@ -175,17 +175,19 @@ def _umap_features(X: np.ndarray, pca) -> np.ndarray:
 def run_pca_gmm(ctx: Context, scores: np.ndarray, pca, pca_seconds: float) -> WorkflowResult:
     p = ctx.params
     t0 = time.perf_counter()
-    g = gmm(scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows)
+    g = gmm(scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows,
+            merge=not p.faithful)
     t1 = time.perf_counter()
     sums, sizes = weighted_sums(ctx.observed_flat, g.memberships)
     clusters = ctx.clusters(sums, sizes, g.memberships, g.labels)
     t2 = time.perf_counter()
     params = {"scaling": "robust" if p.faithful else p.scaling, "n_components": pca.n_keep, "k": g.k,
-              "k_source": "user" if p.gmm_k else "BIC", "random_state": p.random_state,
+              "k_source": "user" if p.gmm_k else "BIC", "mixture_components": g.components,
+              "random_state": p.random_state,
               "smoothing_px": 0.0 if p.faithful else p.smoothing_px,
               "fit_rows": _fit_rows(p, len(pca.scores))}
     extras = {"scree": [round(float(v), 6) for v in pca.scree], "bic": {str(k): v for k, v in g.bic.items()},
-              "suggested_k": g.suggested_k}
+              "suggested_k": g.suggested_k, "merged_components": g.groups}
     return WorkflowResult("pca_gmm", ctx.label_map(g.labels), sums, clusters, params,
                           {"pca": pca_seconds, "gmm": t1 - t0, "quantify": t2 - t1}, 0.0, extras,
                           ctx.membership_map(g.memberships))

@@ -11,6 +11,10 @@ so its minimum over-splits; the knee of the curve under-splits at low counts, wh
 particles is nearly the whole gain (k = 2 on the 10 counts/px sulfide phantom; docs/analysis.md).
 The curve is reported.
 
+Components are not clusters: with BIC's k (not the user's), components whose two-component mixture
+has a single mode are merged into one cluster (merge.py, Hennig's ridgeline rule); the mixture's
+k, the clusters and which components each holds are reported.
+
 ``fit_rows`` (fast mode): PCA and the GMM are fitted on a seeded random sample of at most that
 many pixels, then every pixel is projected / given its memberships (subsample.py). The faithful
 mode fits on every pixel.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edxlive.service.pipeline.merge import merge_groups, merged_memberships
 from edxlive.service.pipeline.subsample import sample_rows
 
 
@@ -39,11 +44,16 @@ class PCAResult:
 
 @dataclass
 class GMMResult:
-    labels: np.ndarray  # (n,) hard labels
-    memberships: np.ndarray  # (n, k) soft
-    k: int
+    labels: np.ndarray  # (n,) hard labels of the clusters
+    memberships: np.ndarray  # (n, clusters) soft
+    k: int  # clusters
     bic: dict[int, float]
     suggested_k: int | None
+    groups: list[list[int]]  # the mixture's components in each cluster
+
+    @property
+    def components(self) -> int:
+        return sum(len(g) for g in self.groups)
 
 
 def knee(values: np.ndarray) -> int:
@@ -85,7 +95,9 @@ def pca_scores(X: np.ndarray, max_components: int = 20, random_state: int | None
 
 
 def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | None = 0,
-        fit_rows: int | None = None) -> GMMResult:
+        fit_rows: int | None = None, merge: bool = False) -> GMMResult:
+    """``merge``: BIC's components with a unimodal pairwise mixture become one cluster (merge.py);
+    a k the user chose is taken as given."""
     from sklearn.mixture import GaussianMixture
 
     rows = sample_rows(len(scores), fit_rows, random_state)
@@ -117,7 +129,11 @@ def gmm(scores: np.ndarray, k: int | None, k_max: int = 8, random_state: int | N
     if rows is not None:
         model = _refine_on_all(model, scores)
     memberships = model.predict_proba(scores)
-    return GMMResult(memberships.argmax(axis=1), memberships, k, bic, suggested)
+    groups = [[c] for c in range(k)]
+    if merge and suggested is not None:
+        groups = merge_groups(model.weights_, model.means_, model.covariances_)
+        memberships = merged_memberships(memberships, groups) if len(groups) < k else memberships
+    return GMMResult(memberships.argmax(axis=1), memberships, len(groups), bic, suggested, groups)
 
 
 REFINE_ITERATIONS = 20
