@@ -80,13 +80,13 @@ def merge_groups(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
     groups = [[c] for c in range(len(weights))]
     w, m, cov = list(weights), list(means), list(covariances)
     while True:
-        pairs = [(bhattacharyya(m[a], m[b], cov[a], cov[b]), a, b) for a in range(len(groups))
-                 for b in range(a + 1, len(groups))]
-        joinable = [p for p in sorted(pairs) if modes(ridgeline_log_density(np.array(w), np.array(m),
-                                                                             np.array(cov), p[1], p[2])) == 1]
-        if not joinable:
+        pairs = sorted((bhattacharyya(m[a], m[b], cov[a], cov[b]), a, b) for a in range(len(groups))
+                       for b in range(a + 1, len(groups)))
+        arrays = np.array(w), np.array(m), np.array(cov)
+        joinable = next(((a, b) for _, a, b in pairs if modes(ridgeline_log_density(*arrays, a, b)) == 1), None)
+        if joinable is None:
             return sorted(sorted(g) for g in groups)
-        _, a, b = joinable[0]
+        a, b = joinable
         w[a], m[a], cov[a] = moment_match(w[a], m[a], cov[a], w[b], m[b], cov[b])
         groups[a] += groups[b]
         for store in (groups, w, m, cov):
