@@ -36,8 +36,27 @@ def phantom_cube(name: str, raw_shape: tuple[int, int], channels: int, counts_pe
     return offline_bin(ph.counts, binning), meta, truth, ph
 
 
+def binned_phantom(name: str, binned_shape: tuple[int, int], channels: int, raw_counts: float,
+                   out: Path | None = None, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A phantom made directly at the binned size: a 2x2-binned pixel of a scan at ``raw_counts``
+    per pixel holds the sum of four Poisson draws, i.e. one Poisson draw at 4x the rate, so the
+    phantom is drawn at 4x the counts, and its truth is its own layout. The metadata describe the
+    raw scan (twice the size, binning 2), as the daemon's would. ``out``: the counts are written
+    there (uint32 .npy, as accumulated.npy) a block at a time and the cube is a read-only memmap,
+    so no dense raw or binned cube is ever in memory."""
+    from edxlive.clients.phantoms import make_phantom
+
+    ph = make_phantom(name, seed=seed, shape=binned_shape, channels=channels, counts_per_pixel=4 * raw_counts,
+                      out=out)
+    meta = ph.meta
+    meta.shape, meta.binning = (2 * binned_shape[0], 2 * binned_shape[1]), 2
+    return ph.counts, meta, ph.truth_labels, ph
+
+
 def binned_truth(labels: np.ndarray, factor: int) -> np.ndarray:
     """The majority true label of each binned pixel."""
+    if factor == 1:
+        return labels
     ny, nx = labels.shape[0] // factor, labels.shape[1] // factor
     blocks = labels[:ny * factor, :nx * factor].reshape(ny, factor, nx, factor).transpose(0, 2, 1, 3)
     blocks = blocks.reshape(ny, nx, -1) + 1  # -1 (vacuum) -> 0
@@ -82,19 +101,47 @@ def event_chunks(size: int, channels: int, events: float, frames: int, chunk_pix
 
 def vm_hwm(pid: int | str = "self") -> int:
     """Peak resident set size of a process, bytes (/proc/<pid>/status VmHWM)."""
+    return _status_bytes("VmHWM", pid)
+
+
+class PeakMemory:
+    """Peak resident memory of this process inside a ``with`` block: ``rss`` (VmHWM, what
+    ``/usr/bin/time -v`` reports, reset at entry through /proc/self/clear_refs) and ``anon``
+    (RssAnon, sampled every 20 ms by a thread). The two differ by the file pages a memmap has
+    mapped: page cache, shared and reclaimable, not memory the analysis holds."""
+
+    def __enter__(self) -> PeakMemory:
+        import threading
+
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        self.anon = _status_bytes("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.anon = max(self.anon, _status_bytes("RssAnon"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.anon = max(self.anon, _status_bytes("RssAnon"))
+        self.rss = vm_hwm()
+
+
+def _status_bytes(field: str, pid: int | str = "self") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
 
 
 def vm_rss(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    return _status_bytes("VmRSS", pid)
 
 
 def start_daemon(data_dir: Path, connect: str, **env: str):  # type: ignore[no-untyped-def]

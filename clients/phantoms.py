@@ -6,12 +6,16 @@ default analysis should recover the truth within its σ). Particles are spheres 
 film: counts scale with the local thickness, so they fall towards each particle's edge. A corner
 of the film is torn (vacuum). Counts are Poisson: each pixel's total is Poisson, and its X-rays
 are drawn from the phase's spectrum (multinomial), which is the same as independent Poisson
-channels, and is generated as events so that large phantoms fit in memory.
+channels, and is generated as events so that large phantoms fit in memory. With ``out`` the counts
+go to an .npy file (uint32, as the daemon's accumulated.npy) a block of pixels at a time and the
+phantom holds a read-only memmap of it: a 1024² × 4096 cube (16 GiB) is never in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +45,7 @@ PHANTOMS = {
 
 @dataclass
 class Phantom:
-    counts: np.ndarray  # (ny, nx, channels) raw integer counts
+    counts: np.ndarray  # (ny, nx, channels) raw integer counts (uint16; a uint32 memmap with ``out``)
     meta: ScanMeta
     truth_labels: np.ndarray  # (ny, nx): 0 support, -1 vacuum, 1.. phase id
     phases: dict[int, dict[str, float]]  # phase id -> at%
@@ -50,15 +54,18 @@ class Phantom:
 
 
 def make_phantom(name: str, seed: int | None = 0, shape: tuple[int, int] | None = None,
-                 channels: int | None = None, counts_per_pixel: float | None = None) -> Phantom:
+                 channels: int | None = None, counts_per_pixel: float | None = None, out: Path | None = None
+                 ) -> Phantom:
+    """``out``: write the counts there (.npy) a block of pixels at a time, the same counts as in memory."""
     if name not in PHANTOMS:
         raise KeyError(f"unknown phantom {name!r}; choose one of: {', '.join(PHANTOMS)} (or give a file path)")
     rng = np.random.default_rng(seed)
     if name == "tiny":
-        return _build(name, TINY_PHASES, shape or (32, 32), channels or 1024, counts_per_pixel or 40.0, rng, 4)
+        return _build(name, TINY_PHASES, shape or (32, 32), channels or 1024, counts_per_pixel or 40.0, rng, 4, out)
     phases = SULFIDE_PHASES if name == "sulfide" else CORESHELL_PHASE
     n_particles = 10 if name == "sulfide" else 6
-    return _build(name, phases, shape or (128, 128), channels or 2048, counts_per_pixel or 40.0, rng, n_particles)
+    return _build(name, phases, shape or (128, 128), channels or 2048, counts_per_pixel or 40.0, rng, n_particles,
+                  out)
 
 
 def _meta(name: str, shape: tuple[int, int], channels: int, elements: list[str]) -> ScanMeta:
@@ -91,7 +98,7 @@ def _layout(shape: tuple[int, int], n_phases: int, n_particles: int, rng: np.ran
 
 
 def _build(name: str, phases: dict[int, tuple[str, dict[str, float]]], shape: tuple[int, int], channels: int,
-           cpp: float, rng: np.random.Generator, n_particles: int) -> Phantom:
+           cpp: float, rng: np.random.Generator, n_particles: int, out: Path | None = None) -> Phantom:
     # C is listed too, as a microscopist would: the film is carbon
     elements = sorted({"C"} | {el for _, comp in phases.values() for el in comp}, key=xray.atomic_number)
     meta = _meta(name, shape, channels, elements)
@@ -99,13 +106,19 @@ def _build(name: str, phases: dict[int, tuple[str, dict[str, float]]], shape: tu
     lines = [xray.quant_line(el, 200.0, emax) for el in elements]
     kf = theoretical_kfactors(lines, 200.0)
     labels, thickness = _layout(shape, len(phases), n_particles, rng)
-    counts = np.zeros((shape[0] * shape[1], channels), dtype=np.uint16)
     film_cpp = 0.04 * cpp
-    _draw(counts, labels.reshape(-1) == 0, np.full(labels.size, film_cpp), _spectrum(SUPPORT, meta, kf), rng)
+    events = [_draw(labels.reshape(-1) == 0, np.full(labels.size, film_cpp), _spectrum(SUPPORT, meta, kf), rng)]
     rate = 0.25 * cpp + 0.75 * cpp * thickness.reshape(-1)  # thickness plus the film under it
     for pid, (_, comp) in phases.items():
-        _draw(counts, labels.reshape(-1) == pid, rate, _spectrum(comp, meta, kf), rng)
-    return Phantom(counts.reshape(*shape, channels), meta, labels, {k: v[1] for k, v in phases.items()}, kf,
+        events.append(_draw(labels.reshape(-1) == pid, rate, _spectrum(comp, meta, kf), rng))
+    if out is None:
+        counts = np.zeros((shape[0] * shape[1], channels), dtype=np.uint16)
+        for pix, chan in events:
+            np.add.at(counts, (pix, chan), 1)
+        counts = counts.reshape(*shape, channels)
+    else:
+        counts = _write_counts(Path(out), events, shape, channels)
+    return Phantom(counts, meta, labels, {k: v[1] for k, v in phases.items()}, kf,
                    {k: v[0] for k, v in phases.items()})
 
 
@@ -117,13 +130,39 @@ def _spectrum(at_pct: dict[str, float], meta: ScanMeta, kf: KFactors) -> np.ndar
     return spec / spec.sum()
 
 
-def _draw(counts: np.ndarray, where: np.ndarray, rate: np.ndarray, probabilities: np.ndarray,
-          rng: np.random.Generator) -> None:
+def _draw(where: np.ndarray, rate: np.ndarray, probabilities: np.ndarray, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The X-rays of the pixels ``where``: (pixel, channel) per event, pixels in increasing order."""
     pixels = np.flatnonzero(where)
     totals = rng.poisson(rate[pixels])
     pix = np.repeat(pixels, totals)
     chan = rng.choice(probabilities.size, size=pix.size, p=probabilities)
-    np.add.at(counts, (pix, chan), 1)
+    return pix, chan
+
+
+BLOCK_BYTES = 64 * 2**20
+
+
+def _write_counts(path: Path, events: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int],
+                  channels: int) -> np.ndarray:
+    """The events counted into ``path`` (.npy, uint32) a block of pixels at a time; a read-only memmap of it."""
+    from edxlive.service.storage import save_array_blocks
+
+    n = shape[0] * shape[1]
+    step = max(1, BLOCK_BYTES // (4 * channels))
+
+    def blocks() -> Iterator[np.ndarray]:
+        for first in range(0, n, step):
+            last = min(first + step, n)
+            keys = []
+            for pix, chan in events:  # each sorted by pixel: the block's events are one slice
+                a, b = np.searchsorted(pix, [first, last])
+                keys.append((pix[a:b] - first) * channels + chan[a:b])
+            counted = np.bincount(np.concatenate(keys), minlength=(last - first) * channels)
+            yield counted.astype(np.uint32).reshape(last - first, channels)
+
+    save_array_blocks(path, (n, channels), np.dtype(np.uint32), blocks())
+    return np.load(path, mmap_mode="r").reshape(*shape, channels)
 
 
 def truth_at_pct(phantom: Phantom) -> dict[int, dict[str, float]]:

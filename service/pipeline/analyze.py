@@ -19,10 +19,10 @@ from edxlive.service.pipeline.entropy import configurational_entropy
 from edxlive.service.pipeline.kfactors import KFactors, resolve_kfactors
 from edxlive.service.pipeline.meta import ScanMeta
 from edxlive.service.pipeline.pca_gmm import gmm, pca_scores
-from edxlive.service.pipeline.preprocess import prepare, smooth_over_pixels
+from edxlive.service.pipeline.preprocess import ScaledRows, prepare, smooth_over_pixels
 from edxlive.service.pipeline.quantify import METHOD, Composition, estimate_shift, quantify
 from edxlive.service.pipeline.results import AnalysisParams, AnalysisResult, ClusterResult, WorkflowResult
-from edxlive.service.pipeline.spectra import interior, one_hot, quantified_sums, weighted_sums
+from edxlive.service.pipeline.spectra import cube_sums, interior, one_hot, quantified_sums, weighted_sums
 from edxlive.service.pipeline.umap_hdbscan import umap_hdbscan
 from edxlive.service.pipeline.verdict import LOW_COUNTS_PER_PX, Member, build_verdict, role_of
 
@@ -33,27 +33,34 @@ FAITHFUL_CHANNELS = 1024  # the reference method's feature channels (0.2-20 keV 
 
 
 class Context:
-    """What every workflow needs: the raw counts, the quantification setup, the observed pixels."""
+    """What every workflow needs: the raw counts, the quantification setup, the observed pixels.
+
+    The cube is only ever read a block of rows at a time (it may be a read-only memmap of
+    accumulated.npy, larger than the memory): never copied whole, not even its observed rows."""
 
     def __init__(self, cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, observed: np.ndarray,
-                 elements: list[str], kfactors: KFactors, shift: float, dose: np.ndarray | None = None) -> None:
+                 elements: list[str], kfactors: KFactors, shift: float, totals: np.ndarray,
+                 dose: np.ndarray | None = None) -> None:
         self.flat = cube.reshape(-1, cube.shape[-1])
         self.meta, self.params, self.observed = meta, params, observed
         self.elements, self.kfactors, self.shift = elements, kfactors, shift
         self.map_shape = cube.shape[:2]
         self.dose = dose
-        # profiled: flat[observed] copies the whole cube (1 GiB at 256x256x2048); skip it when every pixel is in
-        self.observed_flat = self.flat if observed.all() else self.flat[observed]
-        self.totals = self.flat.sum(axis=1, dtype=np.float64)  # counts per pixel, one pass over the cube
+        # the observed pixels' rows of the cube, read block by block (None: every pixel is in)
+        self.rows = None if observed.all() else np.flatnonzero(observed)
+        self.totals = totals  # counts per pixel (spectra.cube_sums)
         self.mean_cpp = float(self.totals[observed].sum() / max(observed.sum(), 1))
 
-    def clusters(self, sums: np.ndarray, sizes: np.ndarray, weights: np.ndarray, labels: np.ndarray
-                 ) -> list[ClusterResult]:
-        """Clusters from their sums; each quantified from its interior (spectra.py) where that holds
-        enough counts, so that pixels straddling two phases do not blur the composition."""
+    def clusters(self, weights: np.ndarray, labels: np.ndarray
+                 ) -> tuple[np.ndarray, list[ClusterResult]]:
+        """Each cluster's sum of raw counts and its result; each quantified from
+        its interior (spectra.py) where that holds enough counts, so that pixels straddling two
+        phases do not blur the composition. One pass over the cube for both sums."""
         n_obs = max(int(self.observed.sum()), 1)
         inner = interior(weights, labels, self.observed, self.map_shape)
-        qsums, qpixels = quantified_sums(self.observed_flat, weights, inner, sums)
+        sums, inner_sums = weighted_sums(self.flat, [weights, inner], self.rows)
+        sizes = weights.sum(axis=0)
+        qsums, qpixels = quantified_sums(sums, inner_sums, weights, inner)
         comps = quantify(qsums, self.meta, self.elements, self.kfactors, self.shift) if len(sums) else []
         out = []
         for k, (total, size) in enumerate(zip(sums, sizes, strict=True)):
@@ -67,7 +74,7 @@ class Context:
                 entropy = configurational_entropy({el: v for el, (v, _) in comp.at_pct.items()}, self.params.anions)
             out.append(ClusterResult(k, float(size), float(size) / n_obs, cpp, comp, entropy, role,
                                      float(qpixels[k])))
-        return out
+        return sums, out
 
     def smooth(self, features: np.ndarray) -> np.ndarray:
         """The clustering features averaged over neighbouring pixels, edge-aware (preprocess.py)."""
@@ -105,8 +112,8 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
     report = progress or (lambda stage, fraction: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    cube = np.asarray(cube)
-    total = cube.reshape(-1, cube.shape[-1]).sum(axis=0, dtype=np.float64)
+    cube = np.asarray(cube)  # a memmap stays one: the cube is read a block of rows at a time
+    total, totals = cube_sums(cube.reshape(-1, cube.shape[-1]))
     elements, source = choose_elements(params.elements, meta, total)
     shift = estimate_shift(total, meta, elements)
     emax = xray.energy_max(meta)
@@ -118,13 +125,13 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
     channels = FAITHFUL_CHANNELS if params.faithful else params.cluster_channels
     prepared = prepare(cube, meta, "robust" if params.faithful else params.scaling, dose, max_channels=channels,
                        fit_rows=fit_rows, random_state=params.random_state)
-    pca = pca_scores(prepared.X, random_state=params.random_state, fit_rows=fit_rows)
+    pca = pca_scores(prepared.rows, random_state=params.random_state, fit_rows=fit_rows)
     timings["preprocess_pca"] = time.perf_counter() - t1
-    ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift, dose)
+    ctx = Context(cube, meta, params, prepared.observed, elements, kf, shift, totals, dose)
     workflows: dict[str, WorkflowResult] = {}
     # one smoothing for both workflows: the GMM's scores are the leading columns of UMAP's features
     t2 = time.perf_counter()
-    features = None if params.faithful else ctx.smooth(_umap_features(prepared.X, pca))
+    features = None if params.faithful else ctx.smooth(_umap_features(prepared.rows, pca))
     timings["features"] = time.perf_counter() - t2
     if "pca_gmm" in params.workflows:
         report("pca_gmm", 0.3)
@@ -161,7 +168,7 @@ def choose_elements(given: list[str], meta: ScanMeta, total: np.ndarray) -> tupl
     return identify_elements(total, meta), "identified from the sum spectrum"
 
 
-def _umap_features(X: np.ndarray, pca) -> np.ndarray:
+def _umap_features(X: ScaledRows, pca) -> np.ndarray:
     """PCA scores carry the signal in few dimensions; keep at least 6 so UMAP has room (the same
     PCA's further components, or a PCA of its own where that one had fewer than 6)."""
     n = max(pca.n_keep, UMAP_MIN_DIMS)
@@ -169,7 +176,7 @@ def _umap_features(X: np.ndarray, pca) -> np.ndarray:
         return pca.all_scores[:, :n]
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=min(n, *X.shape), random_state=0).fit_transform(X)
+    return PCA(n_components=min(n, *X.shape), random_state=0).fit_transform(np.asarray(X))  # few rows or channels
 
 
 def run_pca_gmm(ctx: Context, scores: np.ndarray, pca, pca_seconds: float) -> WorkflowResult:
@@ -178,8 +185,7 @@ def run_pca_gmm(ctx: Context, scores: np.ndarray, pca, pca_seconds: float) -> Wo
     g = gmm(scores, p.gmm_k, p.gmm_k_max, p.random_state, None if p.faithful else p.fit_rows,
             merge=not p.faithful)
     t1 = time.perf_counter()
-    sums, sizes = weighted_sums(ctx.observed_flat, g.memberships)
-    clusters = ctx.clusters(sums, sizes, g.memberships, g.labels)
+    sums, clusters = ctx.clusters(g.memberships, g.labels)
     t2 = time.perf_counter()
     params = {"scaling": "robust" if p.faithful else p.scaling, "n_components": pca.n_keep, "k": g.k,
               "k_source": "user" if p.gmm_k else "BIC", "mixture_components": g.components,
@@ -200,8 +206,7 @@ def run_umap_hdbscan(ctx: Context, features: np.ndarray, pca_seconds: float) -> 
     t0 = time.perf_counter()
     n_clusters = int(u.labels.max()) + 1 if u.labels.size and u.labels.max() >= 0 else 0
     weights = one_hot(u.labels, n_clusters)  # built once: the sums and the interiors both use it
-    sums, sizes = weighted_sums(ctx.observed_flat, weights)
-    clusters = ctx.clusters(sums, sizes, weights, u.labels)
+    sums, clusters = ctx.clusters(weights, u.labels)
     params = {"input": "scaled spectra" if p.faithful else f"PCA scores ({features.shape[1]} dims)",
               "smoothing_px": 0.0 if p.faithful else p.smoothing_px,
               "n_components": 4, "min_cluster_size": u.min_cluster_size, "random_state": p.random_state,

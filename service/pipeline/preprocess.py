@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +22,56 @@ from edxlive.service.pipeline.meta import ScanMeta
 from edxlive.service.pipeline.subsample import sample_rows
 
 SCALINGS = ("poisson", "robust")
+BLOCK_ROWS = 4096
+
+
+class ScaledRows:
+    """The scaled matrix (observed pixels × kept channels, float32), made from the cube a block of
+    rows at a time whenever it is read: at 1024² binned × 1024 channels it would be 4 GiB, and the
+    fast mode only ever needs a sample of its rows (the fits) and one pass over all of them (the
+    PCA projection). Any row is the same float32 value whichever way it is read (row-wise
+    arithmetic only; tests/test_blocked.py). ``np.asarray`` gives the whole matrix."""
+
+    def __init__(self, reduce: Callable[[slice | np.ndarray], np.ndarray],
+                 transform: Callable[[np.ndarray], np.ndarray], n_rows: int, width: int,
+                 dense: np.ndarray | None = None) -> None:
+        self._reduce, self._transform, self._dense = reduce, transform, dense
+        self.shape = (n_rows, width)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, which: slice | np.ndarray) -> np.ndarray:
+        """Rows ``which`` (a slice or sorted indices), float32."""
+        if self._dense is not None:
+            return self._dense[which]
+        return self._transform(self._reduce(which)).astype(np.float32)
+
+    def blocks(self, step: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, its float32 block), ``step`` rows at a time."""
+        for start in range(0, len(self), step):
+            yield start, self[start:start + step]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        if self._dense is not None:
+            return self._dense.astype(dtype or self._dense.dtype, copy=bool(copy))
+        out = np.empty(self.shape, dtype=np.float32)
+        for start, part in self.blocks():
+            out[start:start + len(part)] = part
+        return out.astype(dtype or out.dtype, copy=False)
 
 
 @dataclass
 class Prepared:
-    X: np.ndarray  # (n_observed, n_features) float32, scaled
+    rows: ScaledRows  # (n_observed, n_features) float32, scaled: read a block at a time
     observed: np.ndarray  # bool (n_pixels,): pixels that enter the clustering
     channels: slice  # the kept channel range of the full spectrum
     rebin: int
+
+    @property
+    def X(self) -> np.ndarray:
+        """The whole scaled matrix (the faithful mode, small maps, tests)."""
+        return np.asarray(self.rows)
 
 
 def energy_range(meta: ScanMeta, e_min: float = 0.2, e_max: float = 20.0) -> slice:
@@ -67,45 +109,47 @@ def prepare(cube: np.ndarray, meta: ScanMeta, scaling: str = "poisson", dose: np
     sample = sample_rows(len(rows), fit_rows, random_state)
     rng, rebin = channel_plan(meta, max_channels)
     width = (rng.stop - rng.start) // rebin
+    reduce = functools.partial(_reduced, flat, rows, inv_dose, meta, max_channels)
     if scaling == "robust" and sample is None:  # quantiles of every row: the whole matrix at once
-        X = _reduced(flat, rows, inv_dose, meta, max_channels, slice(None))
-        return Prepared(robust_scale(X).astype(np.float32), observed, rng, rebin)
+        X = robust_scale(reduce(slice(None))).astype(np.float32)
+        return Prepared(ScaledRows(reduce, _identity, len(rows), width, dense=X), observed, rng, rebin)
     # Profiled: float64 temporaries of the whole map (0.5 GiB each at 256x256 binned) cost more in
-    # first-touch page faults than the arithmetic; rows go through in blocks into one float32 array.
-    blocks = functools.partial(_row_blocks, flat, rows, inv_dose, meta, max_channels)
+    # first-touch page faults than the arithmetic; rows go through in blocks, scaled as they are read.
     if scaling == "robust":
-        median, iqr = robust_parameters(_reduced(flat, rows, inv_dose, meta, max_channels, sample))
+        median, iqr = robust_parameters(reduce(sample))
         transform = lambda X: (X - median) / iqr  # noqa: E731
     else:
         h = np.zeros(width)  # the mean spectrum, before any row is scaled
-        for _, part in blocks():
-            h += part.sum(axis=0)
+        for start in range(0, len(rows), BLOCK_ROWS):
+            h += reduce(slice(start, start + BLOCK_ROWS)).sum(axis=0)
         h_safe = np.where(h > 0, h / max(len(rows), 1), np.inf)
         transform = lambda X: _poisson_rows(X, h_safe)  # noqa: E731
-    out = np.empty((len(rows), width), dtype=np.float32)
-    for start, part in blocks():
-        out[start:start + len(part)] = transform(part)
-    return Prepared(out, observed, rng, rebin)
+    return Prepared(ScaledRows(reduce, transform, len(rows), width), observed, rng, rebin)
 
 
-BLOCK_ROWS = 4096
+def _identity(X: np.ndarray) -> np.ndarray:
+    return X
+
+
+def row_blocks(X: np.ndarray | ScaledRows, step: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, its block) of a matrix or of ScaledRows, ``step`` rows at a time."""
+    if isinstance(X, ScaledRows):
+        yield from X.blocks(step)
+        return
+    for start in range(0, len(X), step):
+        yield start, X[start:start + step]
+
 
 
 def _reduced(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta, max_channels: int,
              which: slice | np.ndarray) -> np.ndarray:
     """The energy-cut, rebinned, dose-normalised float64 rows ``rows[which]``."""
-    take = rows[which]
-    X, _, _ = cut_and_rebin(flat if len(take) == flat.shape[0] else flat[take], meta, max_channels)
+    # every pixel observed: rows[which] is ``which`` itself, and a slice of the cube is a view, not a copy
+    part = flat[which] if len(rows) == len(flat) else flat[rows[which]]
+    X, _, _ = cut_and_rebin(part, meta, max_channels)
     if inv_dose is not None:
         X *= inv_dose[which][:, None]
     return X
-
-
-def _row_blocks(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta,
-                max_channels: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, its block of reduced rows), BLOCK_ROWS at a time."""
-    for start in range(0, len(rows), BLOCK_ROWS):
-        yield start, _reduced(flat, rows, inv_dose, meta, max_channels, slice(start, start + BLOCK_ROWS))
 
 
 def _poisson_rows(X: np.ndarray, h_safe: np.ndarray) -> np.ndarray:

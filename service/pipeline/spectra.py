@@ -21,17 +21,28 @@ def one_hot(labels: np.ndarray, n_clusters: int) -> np.ndarray:
     return (labels[:, None] == np.arange(n_clusters)[None, :]).astype(np.float64)
 
 
-def weighted_sums(flat: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster, Wᵀ X (sums, (k, channels)) and the effective pixel count Σ W (k,)."""
-    return _weighted_sums(flat, weights), weights.sum(axis=0)
-
-
-def _weighted_sums(flat: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Wᵀ X in float64, a block of rows at a time (counts are integers: exact for hard labels)."""
-    sums = np.zeros((weights.shape[1], flat.shape[1]), dtype=np.float64)
+def cube_sums(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sum spectrum (channels,) and the counts per pixel (pixels,), float64, in one pass over
+    the cube a block of rows at a time (it may be a memmap of accumulated.npy: no float copy of it
+    whole). Integer counts sum exactly, in any order."""
+    spectrum = np.zeros(flat.shape[1])
+    totals = np.empty(flat.shape[0])
     for start in range(0, len(flat), CHUNK_ROWS):
+        block = np.asarray(flat[start:start + CHUNK_ROWS])
+        spectrum += block.sum(axis=0, dtype=np.float64)
+        totals[start:start + len(block)] = block.sum(axis=1, dtype=np.float64)
+    return spectrum, totals
+
+
+def weighted_sums(flat: np.ndarray, weights: list[np.ndarray], rows: np.ndarray | None = None) -> list[np.ndarray]:
+    """Wᵀ X in float64 for each W (pixels × clusters), X the cube's rows ``rows`` (all when None):
+    each block of rows is read once for all of them (counts are integers: exact for hard labels)."""
+    sums = [np.zeros((w.shape[1], flat.shape[1]), dtype=np.float64) for w in weights]
+    for start in range(0, len(weights[0]), CHUNK_ROWS):
         block = slice(start, start + CHUNK_ROWS)
-        sums += weights[block].T.astype(np.float64) @ np.asarray(flat[block], dtype=np.float64)
+        X = np.asarray(flat[block] if rows is None else flat[rows[block]], dtype=np.float64)
+        for total, w in zip(sums, weights, strict=True):
+            total += w[block].T.astype(np.float64) @ X
     return sums
 
 
@@ -54,11 +65,10 @@ def interior(weights: np.ndarray, labels: np.ndarray, observed: np.ndarray, map_
     return np.where(inner, weights, 0)
 
 
-def quantified_sums(flat: np.ndarray, weights: np.ndarray, inner_weights: np.ndarray, sums: np.ndarray
+def quantified_sums(sums: np.ndarray, inner_sums: np.ndarray, weights: np.ndarray, inner_weights: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per cluster, the interior's sum where it holds at least INTERIOR_MIN_SHARE of the counts, else
     the whole cluster's; and how many pixels (Σ weights) each sum covers."""
-    inner_sums = _weighted_sums(flat, inner_weights)
     use = inner_sums.sum(axis=1) >= INTERIOR_MIN_SHARE * np.maximum(sums.sum(axis=1), 1e-12)
     chosen = np.where(use[:, None], inner_sums, sums)
     pixels = np.where(use, inner_weights.sum(axis=0), weights.sum(axis=0)).astype(np.float64)
