@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_analyze import stages
-from common import PeakMemory, Timer, ari, binned_phantom, machine, phantom_cube
+from common import PeakMemory, Timer, ari, binned_phantom, machine, phantom_cube, status_bytes
 
 from edxlive.service.pipeline.analyze import analyze_cube
 from edxlive.service.pipeline.results import AnalysisParams
@@ -43,6 +43,8 @@ def main() -> None:
     warm_up()
     small, small_meta, _, _ = phantom_cube("sulfide", (32, 32), 1024, args.counts)
     analyze_cube(small, small_meta, AnalysisParams(workflows=["pca_gmm"]))  # imports, element tables
+    print(f"this process before the runs: RSS {status_bytes('VmRSS') / GIB:.2f} GiB, anonymous "
+          f"{status_bytes('RssAnon') / GIB:.2f} GiB (interpreter, libraries, warm-up)")
     print(f"{'binned':>10} {'channels':>8} {'seconds':>8} {'x time':>7} {'x data':>7}  ARI gmm  ARI umap"
           f"  {'cube GiB':>8} {'peak RSS':>8} {'peak anon':>9} {'anon/cube':>9}  stages")
     base = None

@@ -101,7 +101,7 @@ def event_chunks(size: int, channels: int, events: float, frames: int, chunk_pix
 
 def vm_hwm(pid: int | str = "self") -> int:
     """Peak resident set size of a process, bytes (/proc/<pid>/status VmHWM)."""
-    return _status_bytes("VmHWM", pid)
+    return status_bytes("VmHWM", pid)
 
 
 class PeakMemory:
@@ -115,7 +115,7 @@ class PeakMemory:
 
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
-        self.anon = _status_bytes("RssAnon")
+        self.anon = status_bytes("RssAnon")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -123,16 +123,16 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.anon = max(self.anon, _status_bytes("RssAnon"))
+            self.anon = max(self.anon, status_bytes("RssAnon"))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.anon = max(self.anon, _status_bytes("RssAnon"))
+        self.anon = max(self.anon, status_bytes("RssAnon"))
         self.rss = vm_hwm()
 
 
-def _status_bytes(field: str, pid: int | str = "self") -> int:
+def status_bytes(field: str, pid: int | str = "self") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(f"{field}:"):
@@ -141,7 +141,7 @@ def _status_bytes(field: str, pid: int | str = "self") -> int:
 
 
 def vm_rss(pid: int | str = "self") -> int:
-    return _status_bytes("VmRSS", pid)
+    return status_bytes("VmRSS", pid)
 
 
 def start_daemon(data_dir: Path, connect: str, **env: str):  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from edxlive.clients.phantoms import make_phantom
 from edxlive.service.pipeline import preprocess, spectra
 from edxlive.service.pipeline.accumulate import offline_bin
 from edxlive.service.pipeline.analyze import analyze_cube
+from edxlive.service.pipeline.blocks import release
 from edxlive.service.pipeline.pca_gmm import PROJECT_ROWS, pca_scores
 from edxlive.service.pipeline.results import AnalysisParams
 from edxlive.service.pipeline.subsample import sample_rows
@@ -113,3 +114,33 @@ def test_analysis_of_a_read_only_memmap_equals_the_cube_in_memory(tmp_path: Path
         np.testing.assert_array_equal(other.mean_spectra, wf.mean_spectra)
         assert [c.to_json() for c in other.clusters] == [c.to_json() for c in wf.clusters]
     assert from_file.agreement == in_memory.agreement
+
+
+def _rss_file() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+def test_read_blocks_of_a_memmap_leave_the_resident_set(tmp_path: Path) -> None:
+    """A pass over a read-only memmap maps the whole file into the process; release() unmaps
+    what was read (the values stay readable: the page cache still holds them)."""
+    path = tmp_path / "cube.npy"
+    np.save(path, np.arange(16 * 2**20, dtype=np.uint32).reshape(-1, 1024))  # 64 MiB
+    flat = np.load(path, mmap_mode="r")
+    before = _rss_file()
+    total = int(flat.sum(dtype=np.uint64))
+    assert _rss_file() - before > 48 * 2**20
+    release(flat, slice(None))
+    assert _rss_file() - before < 8 * 2**20
+    assert int(flat.sum(dtype=np.uint64)) == total
+    spectrum, _ = spectra.cube_sums(flat)  # releases block by block
+    assert _rss_file() - before < 8 * 2**20
+    assert spectrum.sum() == total
+
+
+def test_release_leaves_arrays_in_memory_and_writable_maps_alone(tmp_path: Path) -> None:
+    np.save(tmp_path / "cube.npy", np.zeros((64, 1024), dtype=np.uint32))
+    for a in (np.ones((64, 1024), dtype=np.uint32), np.load(tmp_path / "cube.npy", mmap_mode="c")):
+        a[3] = 7  # a copy-on-write map's change lives only in this process: it must not be dropped
+        release(a, slice(None))
+        assert (a[3] == 7).all()

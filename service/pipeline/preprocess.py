@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edxlive.service.pipeline.blocks import release
 from edxlive.service.pipeline.meta import ScanMeta
 from edxlive.service.pipeline.subsample import sample_rows
 
@@ -145,8 +146,9 @@ def _reduced(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, me
              which: slice | np.ndarray) -> np.ndarray:
     """The energy-cut, rebinned, dose-normalised float64 rows ``rows[which]``."""
     # every pixel observed: rows[which] is ``which`` itself, and a slice of the cube is a view, not a copy
-    part = flat[which] if len(rows) == len(flat) else flat[rows[which]]
-    X, _, _ = cut_and_rebin(part, meta, max_channels)
+    take = which if len(rows) == len(flat) else rows[which]
+    X, _, _ = cut_and_rebin(flat[take], meta, max_channels)
+    release(flat, take)  # read: a memmap's pages leave the resident set (blocks.py)
     if inv_dose is not None:
         X *= inv_dose[which][:, None]
     return X

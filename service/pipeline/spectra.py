@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edxlive.service.pipeline.blocks import release
+
 CHUNK_ROWS = 4096  # profiled: converting the whole cube to float64 at once (1-2 GiB) cost more than the product
 
 
@@ -24,13 +26,14 @@ def one_hot(labels: np.ndarray, n_clusters: int) -> np.ndarray:
 def cube_sums(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sum spectrum (channels,) and the counts per pixel (pixels,), float64, in one pass over
     the cube a block of rows at a time (it may be a memmap of accumulated.npy: no float copy of it
-    whole). Integer counts sum exactly, in any order."""
+    whole, blocks.py). Integer counts sum exactly, in any order."""
     spectrum = np.zeros(flat.shape[1])
     totals = np.empty(flat.shape[0])
     for start in range(0, len(flat), CHUNK_ROWS):
         block = np.asarray(flat[start:start + CHUNK_ROWS])
         spectrum += block.sum(axis=0, dtype=np.float64)
         totals[start:start + len(block)] = block.sum(axis=1, dtype=np.float64)
+        release(flat, slice(start, start + CHUNK_ROWS))
     return spectrum, totals
 
 
@@ -40,7 +43,9 @@ def weighted_sums(flat: np.ndarray, weights: list[np.ndarray], rows: np.ndarray 
     sums = [np.zeros((w.shape[1], flat.shape[1]), dtype=np.float64) for w in weights]
     for start in range(0, len(weights[0]), CHUNK_ROWS):
         block = slice(start, start + CHUNK_ROWS)
-        X = np.asarray(flat[block] if rows is None else flat[rows[block]], dtype=np.float64)
+        which = block if rows is None else rows[block]
+        X = np.asarray(flat[which], dtype=np.float64)
+        release(flat, which)
         for total, w in zip(sums, weights, strict=True):
             total += w[block].T.astype(np.float64) @ X
     return sums
