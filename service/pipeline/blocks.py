@@ -36,6 +36,20 @@ def release(flat: np.ndarray, which: slice | np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
+TAKE_ROWS = 512
+
+
+def take(flat: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A copy of rows ``rows`` (sorted indices) of ``flat``, gathered TAKE_ROWS at a time and each
+    piece's pages released: a sample spread over the whole map would otherwise map most of it."""
+    out = np.empty((len(rows), *flat.shape[1:]), dtype=flat.dtype)
+    for start in range(0, len(rows), TAKE_ROWS):
+        part = rows[start:start + TAKE_ROWS]
+        out[start:start + len(part)] = flat[part]
+        release(flat, part)
+    return out
+
+
 def _read_only_mapping(a: np.ndarray) -> tuple[mmap.mmap, int] | None:
     """The mmap under ``a`` and its first byte's address, when ``a`` views a read-only one."""
     base = a

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edxlive.service.pipeline.blocks import release
+from edxlive.service.pipeline.blocks import release, take
 from edxlive.service.pipeline.meta import ScanMeta
 from edxlive.service.pipeline.subsample import sample_rows
 
@@ -141,14 +141,16 @@ def row_blocks(X: np.ndarray | ScaledRows, step: int = BLOCK_ROWS) -> Iterator[t
         yield start, X[start:start + step]
 
 
-
 def _reduced(flat: np.ndarray, rows: np.ndarray, inv_dose: np.ndarray | None, meta: ScanMeta, max_channels: int,
              which: slice | np.ndarray) -> np.ndarray:
     """The energy-cut, rebinned, dose-normalised float64 rows ``rows[which]``."""
     # every pixel observed: rows[which] is ``which`` itself, and a slice of the cube is a view, not a copy
-    take = which if len(rows) == len(flat) else rows[which]
-    X, _, _ = cut_and_rebin(flat[take], meta, max_channels)
-    release(flat, take)  # read: a memmap's pages leave the resident set (blocks.py)
+    source = which if len(rows) == len(flat) else rows[which]
+    if isinstance(source, slice):
+        X, _, _ = cut_and_rebin(flat[source], meta, max_channels)
+        release(flat, source)  # read: a memmap's pages leave the resident set (blocks.py)
+    else:
+        X, _, _ = cut_and_rebin(take(flat, source), meta, max_channels)
     if inv_dose is not None:
         X *= inv_dose[which][:, None]
     return X

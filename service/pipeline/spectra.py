@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edxlive.service.pipeline.blocks import release
+from edxlive.service.pipeline.blocks import release, take
 
 CHUNK_ROWS = 4096  # profiled: converting the whole cube to float64 at once (1-2 GiB) cost more than the product
 
@@ -43,9 +43,11 @@ def weighted_sums(flat: np.ndarray, weights: list[np.ndarray], rows: np.ndarray 
     sums = [np.zeros((w.shape[1], flat.shape[1]), dtype=np.float64) for w in weights]
     for start in range(0, len(weights[0]), CHUNK_ROWS):
         block = slice(start, start + CHUNK_ROWS)
-        which = block if rows is None else rows[block]
-        X = np.asarray(flat[which], dtype=np.float64)
-        release(flat, which)
+        if rows is None:
+            X = np.asarray(flat[block], dtype=np.float64)
+            release(flat, block)  # read: a memmap's pages leave the resident set (blocks.py)
+        else:
+            X = take(flat, rows[block]).astype(np.float64)
         for total, w in zip(sums, weights, strict=True):
             total += w[block].T.astype(np.float64) @ X
     return sums
