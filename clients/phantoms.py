@@ -161,8 +161,8 @@ def _write_counts(path: Path, events: list[tuple[np.ndarray, np.ndarray]], shape
             counted = np.bincount(np.concatenate(keys), minlength=(last - first) * channels)
             yield counted.astype(np.uint32).reshape(last - first, channels)
 
-    save_array_blocks(path, (n, channels), np.dtype(np.uint32), blocks())
-    return np.load(path, mmap_mode="r").reshape(*shape, channels)
+    save_array_blocks(path, (*shape, channels), np.dtype(np.uint32), blocks())  # the pixels' bytes in raster order
+    return np.load(path, mmap_mode="r")
 
 
 def truth_at_pct(phantom: Phantom) -> dict[int, dict[str, float]]:

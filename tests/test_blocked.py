@@ -102,7 +102,7 @@ def test_analysis_of_a_read_only_memmap_equals_the_cube_in_memory(tmp_path: Path
     """The daemon's worker analyses np.load(accumulated.npy, mmap_mode="r"): same result as the
     cube in memory, gaps and unobserved pixels included, and the file is never written to."""
     ph = make_phantom("tiny", seed=4, shape=(96, 96), out=tmp_path / "accumulated.npy")
-    cube = np.load(tmp_path / "accumulated.npy", mmap_mode="r").reshape(96, 96, -1)
+    cube = np.load(tmp_path / "accumulated.npy", mmap_mode="r")  # as the daemon's worker loads it
     assert not cube.flags.writeable
     dose = _dose(cube.shape[:2])
     params = AnalysisParams(umap_epochs=50)
