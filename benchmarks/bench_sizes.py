@@ -37,7 +37,9 @@ def main() -> None:
     ap.add_argument("--channels", type=int, nargs="+", default=[2048])
     ap.add_argument("--counts", type=float, default=10.0, help="counts per raw pixel (x4 per binned pixel)")
     ap.add_argument("--dense", action="store_true", help="analyse the cube in memory, not from a memmap")
-    ap.add_argument("--tmp", type=Path, default=None, help="folder for the phantoms' .npy (default: a temp dir)")
+    ap.add_argument("--tmp", type=Path, default=None,
+                    help="folder for the phantoms' .npy, on a disk (default: the system's temp dir; a tmpfs "
+                         "there would hold the 16 GiB of a 1024² x 4096 cube in memory)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     warm_up()
