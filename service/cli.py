@@ -247,9 +247,12 @@ def dashboard(
 ) -> None:
     """The terminal dashboard."""
     curve_keys("client", client_key, server_key)
+    import gc
+
+    gc.disable()  # for the start: the app turns it back on (run_dashboard says why)
     from edxlive.clients.dashboard.app import run_dashboard
 
-    raise typer.Exit(run_dashboard(connect))
+    raise typer.Exit(run_dashboard(connect, gc_paused=True))
 
 
 @app.command()

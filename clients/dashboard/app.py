@@ -14,6 +14,7 @@ start may import.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from typing import Any, ClassVar
@@ -127,10 +128,12 @@ class Dashboard(App[int]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, connect: str | None = None, *, feed: bool = True, stale_after_s: float = 3.0) -> None:
+    def __init__(self, connect: str | None = None, *, feed: bool = True, stale_after_s: float = 3.0,
+                 gc_paused: bool = False) -> None:
         super().__init__()
         self.connect = connect
         self.use_feed = feed
+        self._gc_paused = gc_paused  # by run_dashboard's caller, for the start (see run_dashboard)
         self.stale_after_s = stale_after_s
         self.state = DashboardState()
         self.view = "live"
@@ -171,6 +174,7 @@ class Dashboard(App[int]):
     def _run_feed(self) -> None:
         from edxlive.clients.feed import Feed
 
+        self._resume_gc()
         feed = Feed(self.connect, stale_after_s=self.stale_after_s)
         self._feed = feed
         endpoint = ""
@@ -362,17 +366,34 @@ class Dashboard(App[int]):
 
     def on_unmount(self) -> None:
         self._stop.set()
+        self._resume_gc()
+
+    def _resume_gc(self) -> None:
+        """The start's imports are done: what they made lives as long as the process, so the
+        collector leaves it alone from now on (``gc.freeze``) and collects what comes after."""
+        if self._gc_paused:
+            self._gc_paused = False
+            gc.freeze()
+            gc.enable()
 
 
-def run_dashboard(connect: str | None) -> int:
-    """Run the dashboard in this terminal until the user quits; returns the exit status."""
+def run_dashboard(connect: str | None, *, gc_paused: bool = False) -> int:
+    """Run the dashboard in this terminal until the user quits; returns the exit status.
+
+    ``gc_paused``: the caller disabled the garbage collector before importing this module. The
+    start makes a few hundred thousand objects that live as long as the process (modules: Textual,
+    then the feed's numpy and pydantic; the widgets), and with the collector on, each collection of
+    the oldest generation walks all of them: 70-150 ms each, one before the first frame and one
+    just before the daemon's data is drawn, besides tens of young-generation ones (docs/performance.md,
+    "Dashboard start"). The app turns it back on, with all that frozen, once the feed's imports are done.
+    """
     if not sys.stdout.isatty():
         print("edxlive: error: the dashboard needs a terminal; use `edxlive tail` for scripts", file=sys.stderr)
         return 2
     from edxlive.clients.dashboard.maps import GRAPHICS, detect_graphics
 
     GRAPHICS["enabled"] = detect_graphics()
-    result = Dashboard(connect).run()
+    result = Dashboard(connect, gc_paused=gc_paused).run()
     return 0 if result is None else int(result)
 
 

@@ -104,7 +104,7 @@ def test_the_first_frame_waits_for_neither_the_protocol_nor_numpy_nor_the_other_
 # PlainOptions) and zmq (clients/curve.py) are not on it.
 BEFORE_FIRST_FRAME_OF_COMMAND = (*AFTER_FIRST_FRAME, "zmq", "typer._adapters")
 COMMAND_FIRST_FRAME = f"""
-import json, runpy, sys
+import gc, json, runpy, sys
 from textual.app import App
 
 report, done = sys.argv[1], []
@@ -119,7 +119,7 @@ def display(self, screen, renderable):
                   or m.split(".")[0] in {BEFORE_FIRST_FRAME_OF_COMMAND!r}]
         keys = [k.description for k in self.screen.query(FooterKey)]
         with open(report, "w") as f:
-            json.dump({{"loaded": sorted(loaded), "keys": keys}}, f)
+            json.dump({{"loaded": sorted(loaded), "keys": keys, "gc": gc.isenabled()}}, f)
 
 App._display = display
 sys.argv = ["edxlive", "dashboard", "--connect", "tcp://127.0.0.1:9"]
@@ -148,12 +148,16 @@ def test_dashboard_command_draws_a_complete_first_frame_before_the_feeds_imports
     first = json.loads(report.read_text())
     assert first["loaded"] == []
     assert "Quit" in first["keys"] and "Help" in first["keys"]  # the footer is in the first frame
+    assert first["gc"] is False  # paused for the start (clients/dashboard/app.py, run_dashboard)
 
 
 # The feed thread starts once Textual's start-up refreshes are over (the footer's first bindings
 # signal); with no such signal (a terminal without the focus), FEED_START_LATEST_S after mount.
+# The garbage collector, paused for the start, runs again once the feed's imports are done, with
+# what the start made frozen.
 FEED_START = """
-import asyncio, json, sys
+import asyncio, gc, json, sys
+gc.disable()
 from edxlive.clients.dashboard import app as dash
 
 dash.FEED_START_LATEST_S = float(sys.argv[1])
@@ -168,13 +172,14 @@ def on_shown(self):
 dash.Dashboard.on_keys_footer_shown = on_shown
 
 async def main():
-    app = dash.Dashboard("tcp://127.0.0.1:9")
+    app = dash.Dashboard("tcp://127.0.0.1:9", gc_paused=True)
     async with app.run_test(size=(80, 24)) as pilot:
         for _ in range(400):
             await pilot.pause(0.05)
             if app.sub_title:  # the feed thread runs: it announced its endpoint
                 break
         seen["endpoint"] = app.sub_title
+        seen["gc"] = [gc.isenabled(), gc.get_freeze_count() > 0]
     print(json.dumps(seen))
 
 asyncio.run(main())
@@ -185,6 +190,7 @@ asyncio.run(main())
 def test_the_feed_starts_after_the_start_up_refreshes(latest_s: float, signal: str) -> None:
     report = _probe_args(FEED_START, str(latest_s), signal)
     assert report["endpoint"] == "tcp://127.0.0.1:9"
+    assert report["gc"] == [True, True]
     if signal == "signal":
         assert report["feed_loaded_at_signal"] is False
 
