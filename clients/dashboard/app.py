@@ -154,6 +154,8 @@ class Dashboard(App[int]):
         yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
+        if self.connect:  # known now: in the first frame, rather than a new layout when the feed starts
+            self._show_endpoint(self.connect)
         self._show_connection()
         self._show_control()
         if self.use_feed:  # the feed's imports (pydantic, numpy) would only delay the first screen
@@ -191,12 +193,14 @@ class Dashboard(App[int]):
             feed.close()
 
     def on_endpoint(self, event: Endpoint) -> None:
-        if not self.is_running:
-            return
-        self.sub_title = event.endpoint
-        if not self.state.connected and self.state.daemon_uid is None:
-            self.state.connection_detail = f"connecting to {event.endpoint}…"
+        if self.is_running and event.endpoint != self.sub_title:
+            self._show_endpoint(event.endpoint)
             self._show_connection()
+
+    def _show_endpoint(self, endpoint: str) -> None:
+        self.sub_title = endpoint
+        if not self.state.connected and self.state.daemon_uid is None:
+            self.state.connection_detail = f"connecting to {endpoint}…"
 
     def on_feed_items(self, event: FeedItems) -> None:
         if self.is_running:  # False once shutdown began: a late batch would find no widgets to draw on

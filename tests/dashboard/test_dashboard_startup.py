@@ -118,8 +118,9 @@ def display(self, screen, renderable):
         loaded = [m for m in sys.modules if m in {BEFORE_FIRST_FRAME_OF_COMMAND!r}
                   or m.split(".")[0] in {BEFORE_FIRST_FRAME_OF_COMMAND!r}]
         keys = [k.description for k in self.screen.query(FooterKey)]
+        banner = str(self.screen.query_one("#banner").render())
         with open(report, "w") as f:
-            json.dump({{"loaded": sorted(loaded), "keys": keys, "gc": gc.isenabled()}}, f)
+            json.dump({{"loaded": sorted(loaded), "keys": keys, "banner": banner, "gc": gc.isenabled()}}, f)
 
 App._display = display
 sys.argv = ["edxlive", "dashboard", "--connect", "tcp://127.0.0.1:9"]
@@ -148,6 +149,7 @@ def test_dashboard_command_draws_a_complete_first_frame_before_the_feeds_imports
     first = json.loads(report.read_text())
     assert first["loaded"] == []
     assert "Quit" in first["keys"] and "Help" in first["keys"]  # the footer is in the first frame
+    assert first["banner"] == "CONNECTING: connecting to tcp://127.0.0.1:9…"
     assert first["gc"] is False  # paused for the start (clients/dashboard/app.py, run_dashboard)
 
 
@@ -170,15 +172,22 @@ def on_shown(self):
         shown(self)
 
 dash.Dashboard.on_keys_footer_shown = on_shown
+endpoint = dash.Dashboard.on_endpoint
+
+def on_endpoint(self, event):  # posted by the feed thread once it runs
+    seen["endpoint"] = event.endpoint
+    endpoint(self, event)
+
+dash.Dashboard.on_endpoint = on_endpoint
 
 async def main():
     app = dash.Dashboard("tcp://127.0.0.1:9", gc_paused=True)
     async with app.run_test(size=(80, 24)) as pilot:
         for _ in range(400):
             await pilot.pause(0.05)
-            if app.sub_title:  # the feed thread runs: it announced its endpoint
+            if "endpoint" in seen:
                 break
-        seen["endpoint"] = app.sub_title
+        seen["sub_title"] = app.sub_title
         seen["gc"] = [gc.isenabled(), gc.get_freeze_count() > 0]
     print(json.dumps(seen))
 
@@ -189,7 +198,7 @@ asyncio.run(main())
 @pytest.mark.parametrize(("latest_s", "signal"), [(600, "signal"), (0.2, "none")])
 def test_the_feed_starts_after_the_start_up_refreshes(latest_s: float, signal: str) -> None:
     report = _probe_args(FEED_START, str(latest_s), signal)
-    assert report["endpoint"] == "tcp://127.0.0.1:9"
+    assert report["endpoint"] == report["sub_title"] == "tcp://127.0.0.1:9"
     assert report["gc"] == [True, True]
     if signal == "signal":
         assert report["feed_loaded_at_signal"] is False
