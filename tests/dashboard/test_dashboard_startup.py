@@ -130,22 +130,7 @@ runpy.run_module("edxlive.service", run_name="__main__")
 
 def test_dashboard_command_draws_a_complete_first_frame_before_the_feeds_imports(tmp_path) -> None:
     report = tmp_path / "first_frame.json"
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-c", COMMAND_FIRST_FRAME, str(report)], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=procs.REPO, env=procs.child_env(TERM="xterm-256color"),
-                            start_new_session=True)
-    os.close(slave)
-    try:
-        _read_until(master, proc, (b"CONNECTING", b"Quit"), timeout=30)
-        os.write(master, b"q")
-        _read_until(master, proc, (), timeout=15)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    _run_and_quit([sys.executable, "-c", COMMAND_FIRST_FRAME, str(report)])
     first = json.loads(report.read_text())
     assert first["loaded"] == []
     assert "Quit" in first["keys"] and "Help" in first["keys"]  # the footer is in the first frame
@@ -258,11 +243,14 @@ def test_dashboard_command_refuses_without_a_terminal() -> None:
 
 def test_dashboard_command_runs_in_a_terminal_and_quits_on_q() -> None:
     """`edxlive dashboard` in an 80x24 pseudo-terminal: draws, says it is connecting, quits on `q`."""
+    _run_and_quit([*procs.CMD, "dashboard", "--connect", "tcp://127.0.0.1:9"])
+
+
+def _run_and_quit(cmd: list[str]) -> None:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen([*procs.CMD, "dashboard", "--connect", "tcp://127.0.0.1:9"], stdin=slave,
-                            stdout=slave, stderr=slave, env=procs.child_env(TERM="xterm-256color"),
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=procs.REPO,
+                            env=procs.child_env(TERM="xterm-256color"), start_new_session=True)
     os.close(slave)
     try:
         _read_until(master, proc, (b"CONNECTING", b"Quit"), timeout=30)  # the banner and the footer
