@@ -28,7 +28,10 @@ compiled to bytecode beforehand, as a pip install leaves them. On a machine with
 PYTHONDONTWRITEBYTECODE set (or a read-only checkout) an editable install compiles every module
 of the project at each launch; the bytecode written here is removed afterwards.
 
-    python benchmarks/bench_dashboard.py [--repeat 5] [--terminal [--bytecode]]
+``--earlier DIR`` (with ``--terminal``) also runs an earlier version of the dashboard, interleaved
+with this one: the ``edxlive`` package in DIR, put first on PYTHONPATH.
+
+    python benchmarks/bench_dashboard.py [--repeat 5] [--terminal [--bytecode] [--earlier DIR]]
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def in_terminal(cmd: list[str], markers: tuple[bytes, ...], timeout: float = 60) -> list[float]:
+def in_terminal(cmd: list[str], markers: tuple[bytes, ...], timeout: float = 60, **env: str) -> list[float]:
     """Seconds from launch until each marker has appeared on an 80x24 pseudo-terminal (-1: never),
     then the child's CPU seconds by then."""
     master, slave = pty.openpty()
@@ -152,7 +155,7 @@ def in_terminal(cmd: list[str], markers: tuple[bytes, ...], timeout: float = 60)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 800, 480))
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
-                            env=dict(os.environ, TERM="xterm-256color"))
+                            env=dict(os.environ, TERM="xterm-256color", **env))
     os.close(slave)
     seen, answered = b"", 0
     times = [-1.0] * len(markers)
@@ -214,14 +217,18 @@ def small_scan(endpoint_pub) -> None:  # type: ignore[no-untyped-def]
     pub.end("dash", 2)
 
 
-def terminal_rounds(control: str, repeat: int) -> tuple[list[list[float]], list[list[float]]]:
-    """The bare app and `edxlive dashboard` in a pseudo-terminal, interleaved."""
-    bare, dash = [], []
+def terminal_rounds(control: str, repeat: int, earlier: Path | None = None) -> list[list[list[float]]]:
+    """The bare app, `edxlive dashboard` and, from ``earlier`` when given, an earlier version of it in
+    a pseudo-terminal, interleaved."""
+    bare, dash, old = [], [], []
+    cmd = [sys.executable, "-m", "edxlive.service", "dashboard", "--connect", control]
+    marks = (b"Quit", b"scan dash", b"CONNECTING")
     for _ in range(repeat):
         bare.append(in_terminal([sys.executable, "-c", TERMINAL_BARE], (b"Quit", b"hello")))
-        dash.append(in_terminal([sys.executable, "-m", "edxlive.service", "dashboard", "--connect", control],
-                                (b"Quit", b"scan dash", b"CONNECTING")))
-    return bare, dash
+        dash.append(in_terminal(cmd, marks))
+        if earlier is not None:  # found first on the path, before the installed edxlive
+            old.append(in_terminal(cmd, marks, PYTHONPATH=str(earlier)))
+    return [bare, dash, old]
 
 
 def compile_project() -> list[Path]:
@@ -238,6 +245,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--terminal", action="store_true", help="also `edxlive dashboard` in a pseudo-terminal")
     ap.add_argument("--bytecode", action="store_true", help="the terminal rows again with the project's bytecode")
+    ap.add_argument("--earlier", type=Path, help="with --terminal: also the edxlive package in this folder (an "
+                    "earlier version: mkdir -p DIR/edxlive; git archive REV service clients | tar -x -C DIR/edxlive)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     from edxlive.clients.publisher import AcquisitionPublisher
@@ -250,18 +259,19 @@ def main() -> None:
             wait_for_file(data_dir, "*_dash/result.json", timeout=300)
             time.sleep(1.0)  # the daemon publishes scan.result after writing result.json
             control = json.loads((data_dir / "daemon.json").read_text())["control"]
-            bare, dash, term_bare, term_dash, byte_bare, byte_dash = [], [], [], [], [], []
+            bare, dash, term_bare, term_dash, term_old, byte_bare, byte_dash = [], [], [], [], [], [], []
             for _ in range(args.repeat):  # interleaved, so that a change of load touches both alike
                 bare.append(launch(BARE))
                 dash.append(launch(DASHBOARD, control))
                 if args.terminal:
-                    b, d = terminal_rounds(control, 1)
+                    b, d, o = terminal_rounds(control, 1, args.earlier)
                     term_bare += b
                     term_dash += d
+                    term_old += o
             if args.terminal and args.bytecode:
                 created = compile_project()
                 try:
-                    byte_bare, byte_dash = terminal_rounds(control, args.repeat)
+                    byte_bare, byte_dash, _ = terminal_rounds(control, args.repeat)
                 finally:
                     for folder in created:
                         shutil.rmtree(folder, ignore_errors=True)
@@ -286,19 +296,21 @@ def main() -> None:
     row("edxlive dashboard, launch -> daemon's result painted", [d[3] for d in dash], b_paint, [d[7] for d in dash])
     print(f"target <= 1 s: first frame painted {'met' if 0 < first <= 1.0 else 'NOT met'}; "
           f"the daemon's result drawn {'met' if 0 < shown <= 1.0 else 'NOT met'}")
-    for label, t_bare, t_dash in (("", term_bare, term_dash), (" (bytecode)", byte_bare, byte_dash)):
-        if not t_dash:
+    for label, t_bare, t_dashes in (("", term_bare, [("", term_dash), ("earlier ", term_old)]),
+                                    (" (bytecode)", byte_bare, [("", byte_dash)])):
+        if not t_bare:
             continue
         t_first = row(f"bare Textual app in a terminal{label}, launch -> first bytes", [x[1] for x in t_bare],
                       cpu=[x[3] for x in t_bare])
         t_base = row(f"bare Textual app in a terminal{label}, launch -> first frame", [x[0] for x in t_bare],
                      cpu=[x[2] for x in t_bare])
-        row(f"`edxlive dashboard` in a terminal{label}, launch -> first bytes", [x[2] for x in t_dash], t_first,
-            [x[5] for x in t_dash])
-        row(f"`edxlive dashboard` in a terminal{label}, launch -> first frame", [x[0] for x in t_dash], t_base,
-            [x[3] for x in t_dash])
-        row(f"`edxlive dashboard` in a terminal{label}, -> the daemon's scan", [x[1] for x in t_dash], t_base,
-            [x[4] for x in t_dash])
+        for which, t_dash in t_dashes:
+            if not t_dash:
+                continue
+            name = f"{which}`edxlive dashboard` in a terminal{label}"
+            row(f"{name}, launch -> first bytes", [x[2] for x in t_dash], t_first, [x[5] for x in t_dash])
+            row(f"{name}, launch -> first frame", [x[0] for x in t_dash], t_base, [x[3] for x in t_dash])
+            row(f"{name}, -> the daemon's scan", [x[1] for x in t_dash], t_base, [x[4] for x in t_dash])
     print(f"(medians of {args.repeat} launches, [min-max]; CPU: the child's CPU seconds, all threads, by then)")
 
 
