@@ -16,12 +16,6 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Bad input ends in one clear line on stderr and a non-zero status, never a traceback."""
-    typer.echo(f"edxlive: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 class _Plain:
     """typer's coercion of a single text, path or flag value, without pydantic: the value itself,
     or ``Path(text)``; anything unusual goes typer's own way."""
@@ -88,6 +82,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Bad input ends in one clear line on stderr and a non-zero status, never a traceback."""
+    typer.echo(f"edxlive: error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def curve_keys(role: str, secret: Path | None, server: Path | None) -> None:

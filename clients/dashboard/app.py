@@ -6,10 +6,10 @@ Re-analysis requests go out on their own worker thread, so the screen never wait
 
 Cold start (docs/performance.md, "Dashboard start"): only the live view is built at start; the
 results and service views, with their imports (textual-plotext, DataTable), are built the first
-time they are shown, from the state held so far. The feed thread starts once the first screen is
-complete, footer keys included, and the protocol (pydantic) and numpy load on that thread, so the
-first frame ("CONNECTING") waits for neither. tests/dashboard/test_dashboard_startup.py guards what
-start may import.
+time they are shown, from the state held so far. The first frame has the footer's keys; the feed
+thread starts once Textual's start-up refreshes are over, and the protocol (pydantic) and numpy
+load on that thread, so the first frame ("CONNECTING") waits for neither.
+tests/dashboard/test_dashboard_startup.py guards what start may import.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from edxlive.clients.dashboard.state import DashboardState
 VIEWS = ("live", "results", "service")
 DEBOUNCE_S = 0.8  # +/- pressed three times sends one request, for the final value
 GMM_K_MAX = 32  # the daemon's config accepts 1..32
-# The feed starts when the footer shows its keys; this is the latest it starts if that never comes
-# (Textual fills the footer only while the terminal has the focus).
+# The feed starts once the footer's first bindings signal has been handled (KeysFooter); this is the
+# latest it starts if that never comes (Textual sends it only while the terminal has the focus).
 FEED_START_LATEST_S = 1.0
 # Grouped so that every binding fits in the footer of an 80-column terminal.
 VIEWS_GROUP = Binding.Group("views", compact=True)
