@@ -8,17 +8,18 @@ Keys come either explicitly (``ClientKeys.load``) or from the edxlive configurat
 dashboard, tail and the simulator pick them up without extra plumbing: ``[security]
 client_secret_key`` (dashboard, tail) or ``publisher_secret_key`` (acquisition), each with
 ``server_public_key``, in the TOML file or as ``EDXLIVE_SECURITY__*`` environment variables.
-Only zmq here: the dashboard imports this and must start fast.
+Only zmq here, and only once keys are read: `edxlive dashboard` checks its keys before its first
+frame and must start fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import zmq
-import zmq.auth
+if TYPE_CHECKING:
+    import zmq
 
 Role = Literal["client", "publisher"]
 
@@ -49,6 +50,8 @@ class ClientKeys:
 
 
 def _read(path: Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
     try:
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:

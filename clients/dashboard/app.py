@@ -6,13 +6,15 @@ Re-analysis requests go out on their own worker thread, so the screen never wait
 
 Cold start (docs/performance.md, "Dashboard start"): only the live view is built at start; the
 results and service views, with their imports (textual-plotext, DataTable), are built the first
-time they are shown, from the state held so far. The feed thread starts after the first frame is
-drawn, and the protocol (pydantic) and numpy load on that thread, so the first frame ("CONNECTING")
-waits for neither. tests/dashboard/test_dashboard_startup.py guards what start may import.
+time they are shown, from the state held so far. The first frame has the footer's keys; the feed
+thread starts once Textual's start-up refreshes are over, and the protocol (pydantic) and numpy
+load on that thread, so the first frame ("CONNECTING") waits for neither.
+tests/dashboard/test_dashboard_startup.py guards what start may import.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from typing import Any, ClassVar
@@ -31,6 +33,9 @@ from edxlive.clients.dashboard.state import DashboardState
 VIEWS = ("live", "results", "service")
 DEBOUNCE_S = 0.8  # +/- pressed three times sends one request, for the final value
 GMM_K_MAX = 32  # the daemon's config accepts 1..32
+# The feed starts once the footer's first bindings signal has been handled (KeysFooter); this is the
+# latest it starts if that never comes (Textual sends it only while the terminal has the focus).
+FEED_START_LATEST_S = 1.0
 # Grouped so that every binding fits in the footer of an 80-column terminal.
 VIEWS_GROUP = Binding.Group("views", compact=True)
 K_GROUP = Binding.Group("GMM k", compact=True)
@@ -43,6 +48,49 @@ class FeedItems(Message):
     def __init__(self, items: list[Any]) -> None:
         super().__init__()
         self.items = items
+
+
+class KeysFooter(Footer):
+    """The footer, with its keys in the first frame, recomposed only when they change; it tells the
+    app when Textual's start-up refreshes are over.
+
+    Textual leaves the footer empty until the screen's first bindings signal, a few refreshes after
+    the first frame, then recomposes it for every signal: three times at start, the same twelve keys
+    each time. And a thread importing the protocol, pydantic and numpy meanwhile would hold the GIL
+    for most of every switch interval, so that each of those refreshes waits: in a terminal the keys
+    came ~0.5 s after the rest of the frame (docs/performance.md, "Dashboard start"). So the keys
+    are drawn with the first frame, and the feed starts once the first signal has been handled.
+    """
+
+    class Shown(Message):
+        """The first bindings signal has been handled: the screen is complete and settled."""
+
+    def __init__(self, *, compact: bool = False) -> None:
+        super().__init__(compact=compact)
+        self._composed_for: tuple[Any, ...] | None = None
+        self._shown = False
+
+    def compose(self) -> ComposeResult:
+        # The dashboard's keys are all the app's own, known now: no need to wait for the signal.
+        self._bindings_ready = True
+        self._composed_for = self._keys()
+        return super().compose()
+
+    def _keys(self) -> tuple[Any, ...]:
+        """What ``Footer.compose`` draws from."""
+        shown = tuple((b, enabled, tip) for _, b, enabled, tip in self.screen.active_bindings.values() if b.show)
+        return shown, self.compact, self.show_command_palette, self.app.ENABLE_COMMAND_PALETTE
+
+    async def recompose(self) -> None:
+        if not self.is_attached:
+            return
+        keys = self._keys()
+        if keys != self._composed_for:
+            self._composed_for = keys
+            await super().recompose()
+        if not self._shown:
+            self._shown = True
+            self.post_message(self.Shown())
 
 
 class Endpoint(Message):
@@ -80,15 +128,18 @@ class Dashboard(App[int]):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, connect: str | None = None, *, feed: bool = True, stale_after_s: float = 3.0) -> None:
+    def __init__(self, connect: str | None = None, *, feed: bool = True, stale_after_s: float = 3.0,
+                 gc_paused: bool = False) -> None:
         super().__init__()
         self.connect = connect
         self.use_feed = feed
+        self._gc_paused = gc_paused  # by run_dashboard's caller, for the start (see run_dashboard)
         self.stale_after_s = stale_after_s
         self.state = DashboardState()
         self.view = "live"
         self._stop = threading.Event()
         self._feed: Any = None
+        self._feed_started = False
         self._debounce: Any = None
         self._pending = False
         self._views: dict[str, Widget] = {}  # the results and service views, once built
@@ -100,14 +151,24 @@ class Dashboard(App[int]):
         with ContentSwitcher(initial="live", id="views"):
             yield LiveView(id="live")  # the others are built when first shown (_show_view)
         yield Static("", id="control", markup=False)
-        yield Footer(compact=True)
+        yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
+        if self.connect:  # known now: in the first frame, rather than a new layout when the feed starts
+            self._show_endpoint(self.connect)
         self._show_connection()
         self._show_control()
+        if self.use_feed:  # the feed's imports (pydantic, numpy) would only delay the first screen
+            self.set_timer(FEED_START_LATEST_S, self._start_feed)
+
+    def on_keys_footer_shown(self) -> None:
         if self.use_feed:
-            # After the first frame: the feed's imports (pydantic, numpy) would only delay it.
-            self.call_after_refresh(self._run_feed)
+            self.call_after_refresh(self._start_feed)  # after the refresh that draws the keys
+
+    def _start_feed(self) -> None:
+        if not self._feed_started:
+            self._feed_started = True
+            self._run_feed()
 
     # ------------------------------------------------------------------ feed thread
 
@@ -115,6 +176,7 @@ class Dashboard(App[int]):
     def _run_feed(self) -> None:
         from edxlive.clients.feed import Feed
 
+        self._resume_gc()
         feed = Feed(self.connect, stale_after_s=self.stale_after_s)
         self._feed = feed
         endpoint = ""
@@ -131,12 +193,14 @@ class Dashboard(App[int]):
             feed.close()
 
     def on_endpoint(self, event: Endpoint) -> None:
-        if not self.is_running:
-            return
-        self.sub_title = event.endpoint
-        if not self.state.connected and self.state.daemon_uid is None:
-            self.state.connection_detail = f"connecting to {event.endpoint}…"
+        if self.is_running and event.endpoint != self.sub_title:
+            self._show_endpoint(event.endpoint)
             self._show_connection()
+
+    def _show_endpoint(self, endpoint: str) -> None:
+        self.sub_title = endpoint
+        if not self.state.connected and self.state.daemon_uid is None:
+            self.state.connection_detail = f"connecting to {endpoint}…"
 
     def on_feed_items(self, event: FeedItems) -> None:
         if self.is_running:  # False once shutdown began: a late batch would find no widgets to draw on
@@ -306,17 +370,34 @@ class Dashboard(App[int]):
 
     def on_unmount(self) -> None:
         self._stop.set()
+        self._resume_gc()
+
+    def _resume_gc(self) -> None:
+        """The start's imports are done: what they made lives as long as the process, so the
+        collector leaves it alone from now on (``gc.freeze``) and collects what comes after."""
+        if self._gc_paused:
+            self._gc_paused = False
+            gc.freeze()
+            gc.enable()
 
 
-def run_dashboard(connect: str | None) -> int:
-    """Run the dashboard in this terminal until the user quits; returns the exit status."""
+def run_dashboard(connect: str | None, *, gc_paused: bool = False) -> int:
+    """Run the dashboard in this terminal until the user quits; returns the exit status.
+
+    ``gc_paused``: the caller disabled the garbage collector before importing this module. The
+    start makes a few hundred thousand objects that live as long as the process (modules: Textual,
+    then the feed's numpy and pydantic; the widgets), and with the collector on, each collection of
+    the oldest generation walks all of them: 70-150 ms each, one before the first frame and one
+    just before the daemon's data is drawn, besides tens of young-generation ones (docs/performance.md,
+    "Dashboard start"). The app turns it back on, with all that frozen, once the feed's imports are done.
+    """
     if not sys.stdout.isatty():
         print("edxlive: error: the dashboard needs a terminal; use `edxlive tail` for scripts", file=sys.stderr)
         return 2
     from edxlive.clients.dashboard.maps import GRAPHICS, detect_graphics
 
     GRAPHICS["enabled"] = detect_graphics()
-    result = Dashboard(connect).run()
+    result = Dashboard(connect, gc_paused=gc_paused).run()
     return 0 if result is None else int(result)
 
 

@@ -13,6 +13,9 @@ import sys
 import termios
 import time
 from contextlib import suppress
+from pathlib import Path
+
+import pytest
 
 from tests import procs
 
@@ -55,7 +58,11 @@ asyncio.run(main())
 
 def _probe(code: str) -> dict:
     """Run a probe in a fresh interpreter; its last line is a JSON report."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    return _probe_args(code)
+
+
+def _probe_args(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
                          cwd=procs.REPO, env=procs.child_env(), check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -91,6 +98,143 @@ def test_the_first_frame_waits_for_neither_the_protocol_nor_numpy_nor_the_other_
     assert report["banner"].startswith("CONNECTING")
 
 
+# The first frame of the command a user types, in a pseudo-terminal: what was loaded by then, and
+# whether the footer's keys were in it. The typed command's own path (typer, the CURVE key check,
+# the graphics probe) comes before the app: typer's pydantic adapters (service/cli.py,
+# PlainOptions) and zmq (clients/curve.py) are not on it.
+BEFORE_FIRST_FRAME_OF_COMMAND = (*AFTER_FIRST_FRAME, "zmq", "typer._adapters")
+COMMAND_FIRST_FRAME = f"""
+import gc, json, runpy, sys
+from textual.app import App
+
+report, done = sys.argv[1], []
+_display = App._display
+
+def display(self, screen, renderable):
+    _display(self, screen, renderable)
+    if renderable is not None and not done:
+        done.append(1)
+        from textual.widgets._footer import FooterKey
+        loaded = [m for m in sys.modules if m in {BEFORE_FIRST_FRAME_OF_COMMAND!r}
+                  or m.split(".")[0] in {BEFORE_FIRST_FRAME_OF_COMMAND!r}]
+        keys = [k.description for k in self.screen.query(FooterKey)]
+        banner = str(self.screen.query_one("#banner").render())
+        with open(report, "w") as f:
+            json.dump({{"loaded": sorted(loaded), "keys": keys, "banner": banner, "gc": gc.isenabled()}}, f)
+
+App._display = display
+sys.argv = ["edxlive", "dashboard", "--connect", "tcp://127.0.0.1:9"]
+runpy.run_module("edxlive.service", run_name="__main__")
+"""
+
+
+def test_dashboard_command_draws_a_complete_first_frame_before_the_feeds_imports(tmp_path) -> None:
+    report = tmp_path / "first_frame.json"
+    _run_and_quit([sys.executable, "-c", COMMAND_FIRST_FRAME, str(report)])
+    first = json.loads(report.read_text())
+    assert first["loaded"] == []
+    assert "Quit" in first["keys"] and "Help" in first["keys"]  # the footer is in the first frame
+    assert first["banner"] == "CONNECTING: connecting to tcp://127.0.0.1:9…"
+    assert first["gc"] is False  # paused for the start (clients/dashboard/app.py, run_dashboard)
+
+
+# The feed thread starts once Textual's start-up refreshes are over (the footer's first bindings
+# signal); with no such signal (a terminal without the focus), FEED_START_LATEST_S after mount.
+# The garbage collector, paused for the start, runs again once the feed's imports are done, with
+# what the start made frozen.
+FEED_START = """
+import asyncio, gc, json, sys
+gc.disable()
+from edxlive.clients.dashboard import app as dash
+
+dash.FEED_START_LATEST_S = float(sys.argv[1])
+seen = {}
+shown = dash.Dashboard.on_keys_footer_shown
+
+def on_shown(self):
+    seen.setdefault("feed_loaded_at_signal", "edxlive.clients.feed" in sys.modules)
+    if sys.argv[2] == "signal":
+        shown(self)
+
+dash.Dashboard.on_keys_footer_shown = on_shown
+endpoint = dash.Dashboard.on_endpoint
+
+def on_endpoint(self, event):  # posted by the feed thread once it runs
+    seen["endpoint"] = event.endpoint
+    endpoint(self, event)
+
+dash.Dashboard.on_endpoint = on_endpoint
+
+async def main():
+    app = dash.Dashboard("tcp://127.0.0.1:9", gc_paused=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(400):
+            await pilot.pause(0.05)
+            if "endpoint" in seen:
+                break
+        seen["sub_title"] = app.sub_title
+        seen["gc"] = [gc.isenabled(), gc.get_freeze_count() > 0]
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("latest_s", "signal"), [(600, "signal"), (0.2, "none")])
+def test_the_feed_starts_after_the_start_up_refreshes(latest_s: float, signal: str) -> None:
+    report = _probe_args(FEED_START, str(latest_s), signal)
+    assert report["endpoint"] == report["sub_title"] == "tcp://127.0.0.1:9"
+    assert report["gc"] == [True, True]
+    if signal == "signal":
+        assert report["feed_loaded_at_signal"] is False
+
+
+def test_plain_options_are_what_typer_makes_of_them() -> None:
+    """service/cli.py's PlainOptionsCommand (no pydantic) against typer's own coercion."""
+    import typer
+    from typer.testing import CliRunner
+
+    from edxlive.service.cli import PlainOptionsCommand
+
+    got: dict[str, tuple] = {}
+    argv = ["--text", "tcp://h:1", "--path", "a/b.key", "--flag", "--n", "3"]
+    for name, cls in (("typer", None), ("plain", PlainOptionsCommand)):
+        app = typer.Typer()
+
+        def cmd(text: str | None = None, path: Path | None = None, other: Path | None = None, flag: bool = False,
+                n: int = 1, name: str = name) -> None:
+            got[name] = (text, path, other, flag, n)
+
+        app.command(cls=cls)(cmd)
+        for args in (argv, []):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+            got[f"{name} {args!r}"] = tuple((type(v), v) for v in got.pop(name))
+    assert {k.split(" ", 1)[1]: v for k, v in got.items() if k.startswith("plain")} == \
+        {k.split(" ", 1)[1]: v for k, v in got.items() if k.startswith("typer")}
+
+
+def test_dashboard_key_options_are_checked_before_it_starts(tmp_path) -> None:
+    """--client-key/--server-key: paths (resolved in the message), both or neither, one-line errors."""
+    keys = tmp_path / "keys"
+    subprocess.run([*procs.CMD, "keys", str(keys)], check=True, capture_output=True, timeout=60,
+                   env=procs.child_env())
+    base = [*procs.CMD, "dashboard", "--connect", "tcp://127.0.0.1:9"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env=procs.child_env(), check=False)
+
+    ok = run("--client-key", str(keys / "client.key_secret"), "--server-key", str(keys / "server.key"))
+    assert ok.returncode == 2 and "needs a terminal" in ok.stderr  # the keys passed; no tty here
+    one = run("--client-key", str(keys / "client.key_secret"))
+    assert one.returncode == 2
+    assert one.stderr.strip() == "edxlive: error: give both --client-key and --server-key, or neither"
+    missing = run("--client-key", "nope.key_secret", "--server-key", str(keys / "server.key"))
+    assert missing.returncode == 2 and f"cannot read CURVE key {tmp_path / 'nope.key_secret'}" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
 def test_dashboard_command_refuses_without_a_terminal() -> None:
     out = subprocess.run([*procs.CMD, "dashboard", "--connect", "tcp://127.0.0.1:9"], capture_output=True,
                          text=True, timeout=60, env=procs.child_env(), check=False)
@@ -99,11 +243,14 @@ def test_dashboard_command_refuses_without_a_terminal() -> None:
 
 def test_dashboard_command_runs_in_a_terminal_and_quits_on_q() -> None:
     """`edxlive dashboard` in an 80x24 pseudo-terminal: draws, says it is connecting, quits on `q`."""
+    _run_and_quit([*procs.CMD, "dashboard", "--connect", "tcp://127.0.0.1:9"])
+
+
+def _run_and_quit(cmd: list[str]) -> None:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen([*procs.CMD, "dashboard", "--connect", "tcp://127.0.0.1:9"], stdin=slave,
-                            stdout=slave, stderr=slave, env=procs.child_env(TERM="xterm-256color"),
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=procs.REPO,
+                            env=procs.child_env(TERM="xterm-256color"), start_new_session=True)
     os.close(slave)
     try:
         _read_until(master, proc, (b"CONNECTING", b"Quit"), timeout=30)  # the banner and the footer

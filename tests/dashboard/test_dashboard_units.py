@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from edxlive.clients.dashboard import maps
 from edxlive.clients.dashboard.app import DEBOUNCE_S, Dashboard
 from edxlive.clients.dashboard.halfblock import fit, resample, strips
-from edxlive.clients.dashboard.palette import match_colours
+from edxlive.clients.dashboard.palette import match_colours, percentiles
 from edxlive.clients.dashboard.state import DashboardState
 from tests import procs
 from tests.dashboard import scenario
@@ -58,6 +60,21 @@ def test_a_phase_keeps_its_colour_across_workflows() -> None:
     labels = scenario.labels()
     mapping = match_colours(labels["pca_gmm"], labels["umap_hdbscan"])
     assert mapping == {0: 1, 1: 0, 2: 2, 3: 3}  # UMAP's 0 is GMM's particle 1, and takes its colour
+
+
+@pytest.mark.parametrize("n", [*range(1, 12), 100, 101, 4095, 4096])
+def test_percentiles_are_numpys_to_the_bit(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for values in (rng.random(n), rng.poisson(3, n).astype(float), rng.normal(0, 1e6, n), np.full(n, 7.0)):
+        for q in ((1, 99), (0, 100), (50,), (25, 75), (99.9,)):
+            assert np.array_equal(percentiles(values.copy(), q), np.percentile(values, q))
+
+
+def test_count_maps_are_drawn_without_numpy_ma() -> None:
+    """np.percentile imports numpy.ma on its way: ~15 ms before the daemon's first map."""
+    code = ("import sys, numpy as np; from edxlive.clients.dashboard.maps import count_rgb; "
+            "count_rgb(np.random.default_rng(0).poisson(3, (64, 64))); assert 'numpy.ma' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=procs.child_env())
 
 
 def test_half_blocks_keep_pixels_square() -> None:
