@@ -10,73 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from typer.core import TyperCommand, TyperGroup
-
-
-class _Plain:
-    """typer's coercion of a single text, path or flag value, without pydantic: the value itself,
-    or ``Path(text)``; anything unusual goes typer's own way."""
-
-    def __init__(self, kind: type) -> None:
-        self.kind = kind
-
-    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value is None or isinstance(value, self.kind):
-            return value
-        if self.kind is Path and isinstance(value, str):
-            return Path(value)
-        from typer._coercion import build_runtime_param
-
-        return build_runtime_param(param.type_descriptor).coerce(value, param=param, ctx=ctx)
-
-
-class PlainOptions:
-    """For a typer command or group: plain text, path and flag options skip pydantic.
-
-    typer (0.29) builds a pydantic TypeAdapter for each option of the command it runs, given or not
-    (--help too): 0.13 s of imports (pydantic) before `edxlive dashboard` can draw its first frame,
-    for options that their own value or ``Path(value)`` gives alike. Other options, and a typer
-    without these internals, keep typer's way; tests/dashboard/test_dashboard_startup.py checks the
-    dashboard's first frame comes without pydantic.
-    """
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        for param in self.get_params(ctx):  # type: ignore[attr-defined]
-            kind = _plain_kind(param)
-            if kind is not None and param._runtime_param is None:
-                param._runtime_param = _Plain(kind)
-        return super().parse_args(ctx, args)  # type: ignore[misc]
-
-
-class PlainOptionsCommand(PlainOptions, TyperCommand):
-    pass
-
-
-class PlainOptionsGroup(PlainOptions, TyperGroup):
-    pass
-
-
-def _plain_kind(param: Any) -> type | None:
-    """``str``, ``Path`` or ``bool`` for a single-valued option that typer would only convert."""
-    desc = getattr(param, "type_descriptor", None)
-    info = getattr(desc, "parameter_info", None)
-    if info is None or not hasattr(param, "_runtime_param") or param.multiple or param.nargs != 1:
-        return None
-    if info.parser is not None:
-        return None
-    if desc.annotation in (str, bool):
-        return desc.annotation
-    plain_path = (info.path_type is None and info.file_okay and info.dir_okay
-                  and not (info.exists or info.resolve_path or info.writable or info.allow_dash))
-    return Path if desc.annotation is Path and plain_path else None
-
 
 app = typer.Typer(
     name="edxlive",
-    cls=PlainOptionsGroup,
     help="Live STEM-EDX phase analysis beside the microscope.",
     no_args_is_help=True,
     add_completion=False,
@@ -239,7 +178,7 @@ def analyze(
         raise typer.Exit(1)
 
 
-@app.command(cls=PlainOptionsCommand)
+@app.command()
 def dashboard(
     connect: Annotated[str | None, typer.Option(help="Daemon control endpoint, e.g. tcp://host:5557 (default: the local daemon).")] = None,
     client_key: Annotated[Path | None, typer.Option(help="CURVE: this client's .key_secret file (with --server-key).")] = None,
