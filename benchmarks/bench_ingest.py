@@ -59,7 +59,9 @@ def _chunks(args: argparse.Namespace, chunk_pixels: int):  # type: ignore[no-unt
 def publisher(endpoint_q: mp.Queue, args: argparse.Namespace, chunk_pixels: int, rate: float, bind: str) -> None:
     from edxlive.clients.publisher import AcquisitionPublisher
 
-    chunks = _chunks(args, chunk_pixels)
+    # made before sending: on this machine the publisher shares the 2 CPUs with the receiver, and a
+    # detector's acquisition PC does not draw random numbers on the daemon's CPUs
+    chunks = list(_chunks(args, chunk_pixels))
     with AcquisitionPublisher(bind or "tcp://127.0.0.1:0", sndhwm=0) as pub:
         endpoint_q.put(pub.endpoint)
         pub.wait_for_subscribers(1, 60)
@@ -117,20 +119,21 @@ def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[flo
     """Seconds from the first chunk to scan.end, events counted, sequence gaps, CPU seconds."""
     from edxlive.service import protocol as p
     from edxlive.service.config import Settings
-    from edxlive.service.pipeline import scatter
+    from edxlive.service.pipeline import livepca, scatter
     from edxlive.service.pipeline.xray import known_elements
     from edxlive.service.receiver import Receiver
     from edxlive.service.session import Engine
 
     known_elements()  # exspy's line table, loaded by the first element map: a daemon that ran one scan has it
-    scatter.warm_up()  # the ingest loops' JIT, done by the daemon at start
+    scatter.warm_up()  # the ingest loops' JIT and the refresh's BLAS set-up, done by the daemon at start
+    livepca.warm_up()
     _warm_pages(args)
     proc, q = _spawn(args, chunk_pixels)
     endpoint = q.get(timeout=120)
     ctx = zmq.Context.instance()
     settings = Settings(storage={"data_dir": Path(tempfile.mkdtemp())})  # type: ignore[arg-type]
     receiver = Receiver(ctx, [endpoint], p.DEFAULT_LIMITS, 1 << 30)
-    engine = Engine(settings)
+    engine = Engine(settings, live_thread=not args.inline_live)  # as the daemon runs it (unless --inline-live)
     poller = zmq.Poller()
     poller.register(receiver.socket, zmq.POLLIN)
     events, t0, done, next_tick, cpu0 = 0, 0.0, False, 0.0, 0.0
@@ -150,7 +153,8 @@ def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[flo
             continue
         for item in receiver.drain():
             assert not isinstance(item, p.ProtocolError), item
-            if item.topic == "scan.end":  # stop the clock: what follows is scan-end work
+            if item.topic == "scan.end":  # stop the clock once every count is in the live X and every
+                engine.drain_live()  # refresh requested is done: what follows is scan-end work
                 done = True
                 break
             if not t0:
@@ -163,6 +167,7 @@ def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[flo
     seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
     proc.join()
     receiver.close()
+    engine.close()
     return seconds, (events if raw else engine.counters.events), engine.counters.gaps, cpu
 
 
@@ -285,6 +290,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="ingest rate against chunk size")
     ap.add_argument("--paced", type=float, default=0.0, help="counts/s: a real daemon, zero-loss check")
     ap.add_argument("--kernel", action="store_true", help="the per-event chunk path alone, in memory")
+    ap.add_argument("--inline-live", action="store_true",
+                    help="the live PCA's work in the receive loop's thread (the daemon gives it a thread of its own)")
     ap.add_argument("--frame-seconds", type=float, default=0.0,
                     help="realistic frames: each frame holds this many seconds of events at the 20 M/s target "
                          "(3: the issue's 1-minute 20-frame scan); sets --events, and --lines for ~the same chunk size")

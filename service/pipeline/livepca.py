@@ -74,6 +74,7 @@ class LivePCA:
         # per cell; past that bound X turns float64 (``_grow``)
         self._set_x(fresh_zeros(n_bins * self._width, np.float32).reshape(n_bins, self._width))
         self._bound = 0  # an upper bound on every cell of X
+        self._max = 0.0  # X's largest cell (live columns), kept as counts arrive
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
         self._colsum = np.zeros(self._width)  # X's column sums (and the spare column's), kept per event
         # the delta since S was last brought up to date; None: too large, recompute S instead
@@ -118,6 +119,9 @@ class LivePCA:
         cols = self._lookup[channels]
         cells = bins * self._width + cols
         np.add.at(self._flat, cells, weights)
+        live = cells[cols < self.n_live]
+        if live.size:
+            self._max = max(self._max, float(self._flat[live].max()))
         self._colsum += np.bincount(cols, weights=weights, minlength=self._width)
         self._record(cells, weights)
 
@@ -125,8 +129,9 @@ class LivePCA:
         """One count per event at binned pixel ``bin_of[first + offset]``: one compiled pass."""
         cells = np.empty(offsets.size if self._delta is not None else 0, np.int64)
         self._grow(offsets.size)
-        scatter.kernels().add_live(self._flat, self._colsum, self._width, self._lookup, bin_of, first, offsets,
-                                   channels, cells)
+        top = scatter.kernels().add_live(self._flat, self._colsum, self._width, self._lookup, bin_of, first, offsets,
+                                         channels, cells)
+        self._max = max(self._max, top)
         self._record(cells, None)
 
     def _record(self, cells: np.ndarray, weights: np.ndarray | None) -> None:
@@ -158,7 +163,7 @@ class LivePCA:
         X, n = self.X, self.X.shape[0]
         if X.dtype == np.float64:
             return X.T @ X  # numpy hands Xᵀ·X to BLAS syrk
-        m = float(X.max(initial=0.0))
+        m = self._max  # (a pass over X for it: ~10 ms at 256² binned)
         rows = int(F32_EXACT // max(m * m, 1.0))
         S = np.zeros((self.n_live, self.n_live))
         if rows >= 1024:
@@ -235,6 +240,12 @@ class LivePCA:
 @functools.cache
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
+
+
+def warm_up() -> None:
+    """Find the BLAS libraries for ``_one_blas_thread`` (threadpoolctl scans the loaded libraries:
+    ~0.15 s). The daemon calls it at start, so that the first scan's first refresh does not pay it."""
+    _blas()
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
