@@ -105,17 +105,3 @@ def test_x_turns_float64_before_a_float32_cell_could_round(monkeypatch: pytest.M
     np.testing.assert_array_equal(b.X, a.X)
     np.testing.assert_array_equal(b.S, exact)
 
-
-def test_the_largest_cell_is_kept_as_counts_arrive() -> None:
-    """The float32 Gram's block size comes from X's largest live cell, kept by the per-event loop
-    and by the weighted update (no pass over X): it must be X's maximum exactly, both ways."""
-    src = load_source("tiny", frames=2, seed=0)
-    _, a, _ = _stream(src, factor=2, chunk=64)
-    assert a._max == float(a.X.max()) > 1
-    b = LivePCA(a.binned_shape, src.meta.channels, src.meta.energy_offset_kev, src.meta.energy_scale_kev)
-    rows, cols = np.nonzero(a.X)
-    chans = np.flatnonzero(b.live_of >= 0)[::b.rebin][cols]
-    b.update(rows, chans, a.X[rows, cols].astype(np.int64))
-    spare = np.flatnonzero(b.live_of < 0)  # counts outside the live range: the spare column, not X
-    b.update(np.zeros(1, np.int64), spare[:1], np.array([10 * int(a._max)]))
-    assert b._max == a._max

@@ -51,23 +51,13 @@ def kernels() -> SimpleNamespace:
     def add_live(flat, colsum, width, lookup, bin_of, first, offsets, channels, cells_out):  # pragma: no cover
         """One count per event into the live X (row = binned pixel ``bin_of[first + offset]``,
         column = live channel) and into its column sums; ``cells_out`` (empty: not wanted) receives
-        each event's flat cell. One loop per array written (see add_events). Returns the largest
-        live cell written (the spare last column left out): the exact float32 Gram's block size
-        needs X's maximum, and a pass over X for it cost ~10 ms per refresh at 256² binned."""
-        spare = width - 1
-        top = 0.0
+        each event's flat cell. One loop per array written (see add_events)."""
         for i in range(offsets.size):
-            col = lookup[channels[i]]
-            cell = np.int64(bin_of[first + np.int64(offsets[i])]) * width + col
-            v = flat[cell] + 1.0
-            flat[cell] = v
-            if v > top and col < spare:
-                top = v
+            flat[np.int64(bin_of[first + np.int64(offsets[i])]) * width + lookup[channels[i]]] += 1.0
         for i in range(channels.size):
             colsum[lookup[channels[i]]] += 1.0
         for i in range(cells_out.size):
             cells_out[i] = np.int64(bin_of[first + np.int64(offsets[i])]) * width + lookup[channels[i]]
-        return top
 
     @jit
     def delta_cross(padded, rows, cols, weights, n_live, out):  # pragma: no cover - JIT
