@@ -88,6 +88,7 @@ def _spawn(args: argparse.Namespace, chunk_pixels: int, rate: float = 0.0, endpo
 
 
 FIRST_TOUCH: list[float] = []
+THREAD_CPU: list[float] = []  # the last receive(): CPU seconds of the loop's thread and of the live worker
 TARGET = 20e6  # events/s, the issue's ingest target
 
 
@@ -116,7 +117,8 @@ def _cpu() -> float:
 
 
 def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[float, int, int, float]:
-    """Seconds from the first chunk to scan.end, events counted, sequence gaps, CPU seconds."""
+    """Seconds from the first chunk to scan.end, events counted, sequence gaps, CPU seconds (the
+    process: every thread). The loop's own thread's and the live worker's CPU go to THREAD_CPU."""
     from edxlive.service import protocol as p
     from edxlive.service.config import Settings
     from edxlive.service.pipeline import livepca, scatter
@@ -136,9 +138,13 @@ def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[flo
     engine = Engine(settings, live_thread=not args.inline_live)  # as the daemon runs it (unless --inline-live)
     poller = zmq.Poller()
     poller.register(receiver.socket, zmq.POLLIN)
-    events, t0, done, next_tick, cpu0 = 0, 0.0, False, 0.0, 0.0
+    events, t0, done, next_tick, cpu0, loop0, live0 = 0, 0.0, False, 0.0, 0.0, 0.0, 0.0
+    quiet_since = time.monotonic()
     while not done:
-        poller.poll(50)
+        if poller.poll(50):
+            quiet_since = time.monotonic()
+        elif not proc.is_alive() and time.monotonic() - quiet_since > 10:  # else this would wait for ever
+            raise RuntimeError(f"the publisher exited (code {proc.exitcode}) before its scan.end arrived")
         if raw:
             while True:
                 try:
@@ -146,7 +152,7 @@ def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[flo
                 except zmq.Again:
                     break
                 if not t0:
-                    t0, cpu0 = time.perf_counter(), _cpu()
+                    t0, cpu0, loop0 = time.perf_counter(), _cpu(), time.thread_time()
                 if frames[0] == b"scan.chunk":
                     events += len(frames[2]) // 4
                 done = frames[0] == b"scan.end"
@@ -158,13 +164,14 @@ def receive(args: argparse.Namespace, chunk_pixels: int, raw: bool) -> tuple[flo
                 done = True
                 break
             if not t0:
-                t0, cpu0 = time.perf_counter(), _cpu()
+                t0, cpu0, loop0, live0 = time.perf_counter(), _cpu(), time.thread_time(), engine.live_worker.cpu_s
             engine.handle(item)
         now = time.monotonic()
         if not done and now >= next_tick:
             next_tick = now + 0.1
             engine.tick()
     seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    THREAD_CPU[:] = [time.thread_time() - loop0, 0.0 if raw else engine.live_worker.cpu_s - live0]
     proc.join()
     receiver.close()
     engine.close()
@@ -200,6 +207,10 @@ def throughput(args: argparse.Namespace) -> None:
     print(f"edxlive ingest                 : {rate / 1e6:8.1f} M events/s wall, {n / cpu / 1e6:8.1f} M events per "
           f"CPU-second  ({rate / DETECTOR_RATE:.1f}x a 2 M counts/s detector wall, "
           f"{n / cpu / DETECTOR_RATE:.1f}x per CPU-second; {rate / raw_rate:.2f}x raw transfer)")
+    loop, live = THREAD_CPU
+    print(f"receiver's threads: the loop {loop:.2f} CPU-s, the live worker {live:.2f}, ZeroMQ's I/O and the rest "
+          f"{cpu - loop - live:.2f}; the busiest, {n / max(loop, live) / 1e6:.1f} M events per CPU-second, bounds the "
+          f"wall rate with a free core for each (this run had {cpu / s:.2f} CPUs on average over {s:.2f} s)")
     print(f"loss: {sent - n} of {sent:,} events, {gaps} sequence gaps")
     print(f"(not in the figures: first touch of the scan's memory in a fresh process, {max(FIRST_TOUCH):.2f} s)")
 

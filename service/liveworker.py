@@ -15,6 +15,7 @@ caller's thread, and the future ``submit`` returns is already done.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,6 +32,7 @@ class LiveWorker:
         self._max_backlog = max_backlog_events
         self._failure: BaseException | None = None  # of a posted task (no future to carry it)
         self._closed = False
+        self.cpu_s = 0.0  # CPU time the thread has spent on tasks (benchmarks: the busiest thread's load)
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._run, name="edxlive-live", daemon=True)
@@ -97,7 +99,9 @@ class LiveWorker:
                 if not self._tasks:
                     return
                 task = self._tasks[0]  # left in the queue until done: ``wait`` sees it
+            t0 = time.thread_time()
             self._do(*task)
+            self.cpu_s += time.thread_time() - t0
             del task  # a finished scan's arrays must not stay referenced here (fresh_zeros reuses them)
             with self._cond:
                 self._backlog -= self._tasks.popleft()[3]
