@@ -492,6 +492,7 @@ class Engine:
         effects: list[Effect] = [LogEvent(logging.INFO, msg)]
         if current:
             effects += [self._progress(scan), *self._live(scan, keep=0)]
+            self.live_worker.wait()  # and the worker holds none of its arrays: the next scan reuses them
         return effects + self._save(scan)
 
     def _save(self, scan: Scan) -> list[Effect]:
