@@ -2,11 +2,14 @@
 
 Baselines: the fastest EDX detectors, ~2 M counts/s (a fixed reference, printed for the ratio),
 and, measured in this run, the raw ZeroMQ transfer of the same messages with no decoding.
-Figure: a publisher (a separate process, `AcquisitionPublisher`) -> tcp://127.0.0.1 -> the
-daemon's receive loop in this process, as `daemon.py` runs it: `Receiver.drain` (decode and
-validation), `Engine.handle` (binned accumulation with per-frame coverage, the live-PCA
-statistics, a live refresh at each new frame) and `Engine.tick` every 0.1 s (progress every
-0.25 s, live PCA and element maps every 2 s). Loss is checked: every event sent is counted.
+Figure: a publisher (a separate process, `AcquisitionPublisher`, its chunks made before it sends)
+-> tcp://127.0.0.1 -> the daemon's receive loop in this process, as `daemon.py` runs it:
+`Receiver.drain` (decode and validation), `Engine.handle` (binned accumulation with per-frame
+coverage; the live-PCA statistics and a live refresh at each new frame, on the engine's live
+thread) and `Engine.tick` every 0.1 s (progress every 0.25 s, live PCA and element maps every 2 s).
+The clock stops at scan.end once the live thread has caught up. Loss is checked: every event sent
+is counted. Printed besides: the CPU of the loop's thread and of the live thread (the busiest one
+bounds the wall rate where each has a core); ``--inline-live`` runs the live PCA in the loop's thread.
 
 ``--frame-seconds 3`` makes each frame as long as a real scan's (60 M events: 3 s at the 20 M/s target,
 the issue's 1-minute 20-frame scan); the default frames are short (5 M events, 0.25 s at 20 M/s), so
