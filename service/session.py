@@ -26,7 +26,7 @@ from edxlive.service import checkpoint, storage
 from edxlive.service import protocol as p
 from edxlive.service.config import Settings
 from edxlive.service.liveworker import LiveWorker
-from edxlive.service.pipeline.accumulate import Accumulator, zero_spares
+from edxlive.service.pipeline.accumulate import Accumulator, ChunkDelta, zero_spares
 from edxlive.service.pipeline.livepca import LiveComponents, LivePCA
 from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
 
@@ -75,6 +75,9 @@ class StorageFailure:
 
 Effect = Publish | AnalysisJob | Rejection | LogEvent | StorageFailure
 
+# threaded live worker: chunks smaller than this are handed over together (one hand-over per chunk
+# of 610-5 k events cost more than the chunk's own live work: wake-ups and GIL hand-offs)
+LIVE_BATCH_EVENTS = 100_000
 MAX_KEV = 1000.0  # an energy axis beyond this is not an X-ray spectrum (a 300 kV beam tops out at 300)
 RETRY_S = 2.0  # how often unsaved scans are retried (a `flush` request retries at once)
 
@@ -114,6 +117,8 @@ class Scan:
         self.dirty = False  # counts or coverage changed since the last checkpoint
         self.status, self.reason, self.expected = "acquiring", None, start.frames
         self.failures: set[str] = set()  # storage failures already logged for this scan
+        self.batch: list[ChunkDelta] = []  # chunks not yet handed to the live worker (Engine._hand_over)
+        self.batch_events = 0
 
     @property
     def scan_id(self) -> str:
@@ -335,7 +340,7 @@ class Engine:
             scan.duplicates += 1
             self.counters.duplicates += 1
             return []
-        self.live_worker.post(scan.live.add, delta, events=delta.n_events)
+        self._hand_over(scan, delta)
         scan.dirty = True
         self.counters.events += delta.n_events
         scan.rate.add(self.clock(), scan.acc.events)
@@ -403,6 +408,7 @@ class Engine:
         return effects
 
     def _acquiring_tick(self, scan: Scan, now: float) -> list[Effect]:
+        self._hand_over(scan)
         effects: list[Effect] = self._live_results()
         if now >= self._next_progress:
             self._next_progress = now + self.settings.outbound.progress_interval_s
@@ -431,6 +437,7 @@ class Engine:
         cube. Returns the refreshes finished so far as ``scan.live`` publications (inline: this
         one too); ``keep``: first wait until at most that many are still running."""
         self._next_live = self.clock() + self.settings.outbound.live_interval_s
+        self._hand_over(scan)
         if scan.acc.events:
             elements, maps = _element_maps(scan) if self.settings.live.element_maps else ([], None)
             fields = dict(scan_id=scan.scan_id, frame=scan.frame, elements=elements,
@@ -456,9 +463,23 @@ class Engine:
             effects.append(Publish(p.ScanLive, {**fields, "n_components": int(comps.maps.shape[0])}, arrays))
         return effects
 
+    def _hand_over(self, scan: Scan, delta: ChunkDelta | None = None) -> None:
+        """A chunk's counts to the live worker (None: those held back). Threaded, chunks under
+        ``LIVE_BATCH_EVENTS`` go together; a refresh request or a tick hands over what is held."""
+        if delta is not None:
+            scan.batch.append(delta)
+            scan.batch_events += delta.n_events
+            if self.live_worker.threaded and scan.batch_events < LIVE_BATCH_EVENTS:
+                return
+        if scan.batch:
+            self.live_worker.post(_add_live, scan.live, scan.batch, events=scan.batch_events)
+            scan.batch, scan.batch_events = [], 0
+
     def drain_live(self) -> list[Effect]:
-        """Wait until the live worker has added every count handed over and finished every refresh
+        """Wait until the live worker has added every count received and finished every refresh
         requested; their publications."""
+        if self.scan is not None:
+            self._hand_over(self.scan)
         self.live_worker.wait()
         return self._live_results(keep=0)
 
@@ -732,6 +753,11 @@ def _element_maps(scan: Scan) -> tuple[list[str], np.ndarray | None]:
         windows.append(window)
     maps = list(scan.acc.channel_sums(windows).reshape(len(windows), *scan.acc.binned_shape)) if windows else []
     return names, (np.array(maps, dtype=np.float32) if maps else None)
+
+
+def _add_live(live: LivePCA, deltas: list[ChunkDelta]) -> None:
+    for delta in deltas:
+        live.add(delta)
 
 
 def _result_arrays(folder: Path, doc: dict[str, Any]) -> dict[str, np.ndarray]:
