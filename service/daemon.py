@@ -49,11 +49,14 @@ class Daemon:
         if settings.metrics.enabled:
             port = self.metrics.start_server(settings.metrics.address, settings.metrics.port)
             self.metrics_endpoint = f"http://{settings.metrics.address}:{port}/metrics"
-        self.engine = Engine(settings)
-        # the ingest loops' JIT (numba, or its disk cache): at start, not in the first scan's chunks
-        from edxlive.service.pipeline import scatter
+        # the live PCA's updates and refreshes on a thread of their own, beside decoding and accumulation
+        self.engine = Engine(settings, live_thread=True)
+        # the ingest loops' JIT (numba, or its disk cache) and the live refresh's BLAS set-up: at start,
+        # not in the first scan's chunks
+        from edxlive.service.pipeline import livepca, scatter
 
         scatter.warm_up()
+        livepca.warm_up()
         if settings.live.element_maps:  # the line database imports exspy: seconds, so before READY, not mid-scan
             from edxlive.service.pipeline.xray import known_elements
 
@@ -229,6 +232,7 @@ class Daemon:
         log.info("shutting down")
         if self.engine.scan is not None:
             self.apply(self.engine.interrupt("daemon stopped"))
+        self.engine.close()
         self.apply(self.engine.flush())
         for scan_id in self.engine.unsaved:
             log.critical("scan %s: the data folder is still not writable; its counts are lost when the daemon "

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,9 @@ import numpy as np
 from edxlive.service import checkpoint, storage
 from edxlive.service import protocol as p
 from edxlive.service.config import Settings
-from edxlive.service.pipeline.accumulate import Accumulator, zero_spares
-from edxlive.service.pipeline.livepca import LivePCA
+from edxlive.service.liveworker import LiveWorker
+from edxlive.service.pipeline.accumulate import Accumulator, ChunkDelta, zero_spares
+from edxlive.service.pipeline.livepca import LiveComponents, LivePCA
 from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
 
 
@@ -72,6 +75,9 @@ class StorageFailure:
 
 Effect = Publish | AnalysisJob | Rejection | LogEvent | StorageFailure
 
+# threaded live worker: chunks smaller than this are handed over together (one hand-over per chunk
+# of 610-5 k events cost more than the chunk's own live work: wake-ups and GIL hand-offs)
+LIVE_BATCH_EVENTS = 100_000
 MAX_KEV = 1000.0  # an energy axis beyond this is not an X-ray spectrum (a 300 kV beam tops out at 300)
 RETRY_S = 2.0  # how often unsaved scans are retried (a `flush` request retries at once)
 
@@ -111,6 +117,8 @@ class Scan:
         self.dirty = False  # counts or coverage changed since the last checkpoint
         self.status, self.reason, self.expected = "acquiring", None, start.frames
         self.failures: set[str] = set()  # storage failures already logged for this scan
+        self.batch: list[ChunkDelta] = []  # chunks not yet handed to the live worker (Engine._hand_over)
+        self.batch_events = 0
 
     @property
     def scan_id(self) -> str:
@@ -149,8 +157,17 @@ def meta_from_start(start: p.ScanStart, binning: int, beam_energy_kev: float | N
 
 
 class Engine:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    """``live_thread``: the live PCA's per-event updates and refreshes run on a thread of their own
+    (the daemon); by default they run in place, and every call's effects are deterministic. Both
+    publish the same refreshes, in the same order: threaded, a refresh's ``scan.live`` comes with a
+    later ``handle`` or ``tick`` (at the latest the next frame's, or the scan's end)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic, *,
+                 live_thread: bool = False) -> None:
         self.settings, self.clock = settings, clock
+        self.live_worker = LiveWorker(threaded=live_thread)
+        # requested refreshes not yet published: (result, the scan.live fields, element maps)
+        self._live_pending: deque[tuple[Future[LiveComponents], dict[str, Any], np.ndarray | None]] = deque()
         self.scan: Scan | None = None
         self.counters = Counters()
         self.last_seq: dict[str, int] = {}
@@ -323,14 +340,16 @@ class Engine:
             scan.duplicates += 1
             self.counters.duplicates += 1
             return []
-        scan.live.add(delta)
+        self._hand_over(scan, delta)
         scan.dirty = True
         self.counters.events += delta.n_events
         scan.rate.add(self.clock(), scan.acc.events)
         effects: list[Effect] = []
         if h.frame > scan.frame:
             scan.frame = h.frame
-            effects += self._live(scan)  # the previous frame is complete: refresh at least once per frame
+            # the previous frame is complete: refresh at least once per frame (threaded: at most two
+            # refreshes in flight, so a worker slower than the frames holds ingest back, not memory)
+            effects += self._live_results(keep=1) + self._live(scan)
         return effects
 
     def _stray_chunk(self, h: p.ScanChunk) -> list[Effect]:
@@ -389,11 +408,12 @@ class Engine:
         return effects
 
     def _acquiring_tick(self, scan: Scan, now: float) -> list[Effect]:
-        effects: list[Effect] = []
+        self._hand_over(scan)
+        effects: list[Effect] = self._live_results()
         if now >= self._next_progress:
             self._next_progress = now + self.settings.outbound.progress_interval_s
             effects.append(self._progress(scan))
-        if now >= self._next_live:
+        if now >= self._next_live and not self._live_pending:
             effects += self._live(scan)
         interval = self.settings.storage.checkpoint_interval_s
         if interval > 0 and now >= self._next_checkpoint:
@@ -412,20 +432,60 @@ class Engine:
                       incomplete_fraction=_lost_fraction(acc, scan.frame))
         return Publish(p.ScanProgress, fields, {"count_map": _downsample(acc.counts_map.reshape(acc.binned_shape))})
 
-    def _live(self, scan: Scan) -> list[Effect]:
+    def _live(self, scan: Scan, keep: int | None = None) -> list[Effect]:
+        """Request a live refresh over every count so far; the element maps are read now, from the
+        cube. Returns the refreshes finished so far as ``scan.live`` publications (inline: this
+        one too); ``keep``: first wait until at most that many are still running."""
         self._next_live = self.clock() + self.settings.outbound.live_interval_s
-        if scan.acc.events == 0:
-            return []
-        comps = scan.live.refresh(self.settings.live.pca_components)
-        elements, maps = _element_maps(scan) if self.settings.live.element_maps else ([], None)
-        arrays = {"scree": comps.explained_variance_ratio[:32].astype(np.float32),
-                  "components": comps.maps.astype(np.float32)}
-        if maps is not None:
-            arrays["element_maps"] = maps
-        fields = dict(scan_id=scan.scan_id, frame=scan.frame, n_components=int(comps.maps.shape[0]),
-                      elements=elements, energy_offset_kev=scan.start.energy_offset_kev,
-                      energy_scale_kev=scan.start.energy_scale_kev)
-        return [Publish(p.ScanLive, fields, arrays)]
+        self._hand_over(scan)
+        if scan.acc.events:
+            elements, maps = _element_maps(scan) if self.settings.live.element_maps else ([], None)
+            fields = dict(scan_id=scan.scan_id, frame=scan.frame, elements=elements,
+                          energy_offset_kev=scan.start.energy_offset_kev, energy_scale_kev=scan.start.energy_scale_kev)
+            comps = self.live_worker.submit(scan.live.refresh, self.settings.live.pca_components)
+            self._live_pending.append((comps, fields, maps))
+        return self._live_results(keep)
+
+    def _live_results(self, keep: int | None = None) -> list[Effect]:
+        """The finished refreshes, in the order requested; ``keep``: wait until at most that many
+        are still running (None: none waited for)."""
+        effects: list[Effect] = []
+        while self._live_pending:
+            future, fields, maps = self._live_pending[0]
+            if not future.done() and (keep is None or len(self._live_pending) <= keep):
+                break
+            self._live_pending.popleft()
+            comps = future.result()
+            arrays = {"scree": comps.explained_variance_ratio[:32].astype(np.float32),
+                      "components": comps.maps.astype(np.float32)}
+            if maps is not None:
+                arrays["element_maps"] = maps
+            effects.append(Publish(p.ScanLive, {**fields, "n_components": int(comps.maps.shape[0])}, arrays))
+        return effects
+
+    def _hand_over(self, scan: Scan, delta: ChunkDelta | None = None) -> None:
+        """A chunk's counts to the live worker (None: those held back). Threaded, chunks under
+        ``LIVE_BATCH_EVENTS`` go together; a refresh request or a tick hands over what is held."""
+        if delta is not None:
+            scan.batch.append(delta)
+            scan.batch_events += delta.n_events
+            if self.live_worker.threaded and scan.batch_events < LIVE_BATCH_EVENTS:
+                return
+        if scan.batch:
+            self.live_worker.post(_add_live, scan.live, scan.batch, events=scan.batch_events)
+            scan.batch, scan.batch_events = [], 0
+
+    def drain_live(self) -> list[Effect]:
+        """Wait until the live worker has added every count received and finished every refresh
+        requested; their publications."""
+        if self.scan is not None:
+            self._hand_over(self.scan)
+        self.live_worker.wait()
+        return self._live_results(keep=0)
+
+    def close(self) -> None:
+        """Stop the live worker's thread (threaded mode), after the work handed over."""
+        self.live_worker.close()
 
     # ------------------------------------------------------------------ scan end and analysis
 
@@ -452,7 +512,8 @@ class Engine:
                + (f", missing pixels by frame {missing}" if missing else "") + "; analysing")
         effects: list[Effect] = [LogEvent(logging.INFO, msg)]
         if current:
-            effects += [self._progress(scan), *self._live(scan)]
+            effects += [self._progress(scan), *self._live(scan, keep=0)]
+            self.live_worker.wait()  # and the worker holds none of its arrays: the next scan reuses them
         return effects + self._save(scan)
 
     def _save(self, scan: Scan) -> list[Effect]:
@@ -692,6 +753,11 @@ def _element_maps(scan: Scan) -> tuple[list[str], np.ndarray | None]:
         windows.append(window)
     maps = list(scan.acc.channel_sums(windows).reshape(len(windows), *scan.acc.binned_shape)) if windows else []
     return names, (np.array(maps, dtype=np.float32) if maps else None)
+
+
+def _add_live(live: LivePCA, deltas: list[ChunkDelta]) -> None:
+    for delta in deltas:
+        live.add(delta)
 
 
 def _result_arrays(folder: Path, doc: dict[str, Any]) -> dict[str, np.ndarray]:

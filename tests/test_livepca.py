@@ -104,3 +104,27 @@ def test_x_turns_float64_before_a_float32_cell_could_round(monkeypatch: pytest.M
     assert b.X.dtype == np.float64
     np.testing.assert_array_equal(b.X, a.X)
     np.testing.assert_array_equal(b.S, exact)
+
+
+
+def test_a_refresh_mid_frame_reads_only_the_rows_swept_and_stays_exact() -> None:
+    """Early in a scan's first frame only the rows swept so far hold counts: the Gram and the
+    scores skip the others (zero), and the result is the full computation's, bit for bit."""
+    src = load_source("sulfide", frames=2, seed=0)
+    meta = src.meta
+    acc = Accumulator(meta.shape, meta.channels, 2, meta.frames)
+    live = LivePCA(acc.binned_shape, meta.channels, meta.energy_offset_kev, meta.energy_scale_kev)
+    n = meta.shape[0] * meta.shape[1]
+    _, frame = next(iter(src.iter_frames()))
+    for first in range(0, n // 3, 4096):  # the first third of frame 0
+        stop = min(first + 4096, n // 3)
+        live.add(acc.add_events(0, first, stop - first, *frame.events(first, stop)))
+    comps = live.refresh(K)
+    assert 0 < live._hi < live.X.shape[0] // 2  # rows past the sweep were skipped
+    X = live.X.astype(np.float64)
+    np.testing.assert_array_equal(live.S, X.T @ X)
+    w = live.channel_weights()
+    mu = live._mean() * w
+    full = live.X @ (comps.components * w).T.astype(live.X.dtype) - mu @ comps.components.T
+    np.testing.assert_array_equal(comps.maps, full.T.reshape(K, *live.binned_shape))
+    _assert_matches_batch(live)

@@ -206,3 +206,56 @@ def test_configured_beam_energy_overrides_the_scan_start(tmp_path: Path, cube: n
     engine2, acq2 = Engine(_settings(tmp_path / "b"), Clock()), Acquisition(cube, scan_id="s2")
     [job2] = _jobs(_run(engine2, [acq2.start(beam_energy_kev=80.0), *acq2.chunks(0), acq2.end(frames_completed=1)]))
     assert job2.meta.beam_energy_kev == 80.0
+
+
+def _event_chunks(acq: Acquisition, frame: int, rows: int = 2) -> list[p.Message]:
+    """The frame as ``events`` chunks (one (pixel offset, channel) pair per X-ray), as detectors send it."""
+    nx, out = SHAPE[1], []
+    for y in range(0, SHAPE[0], rows):
+        counts = acq.cube[frame, y:y + rows].reshape(-1, CHANNELS)
+        pix, chan = np.nonzero(counts)
+        reps = counts[pix, chan]
+        arrays = {"pixel": np.repeat(pix, reps).astype("<u4"), "channel": np.repeat(chan, reps).astype("<u2")}
+        out.append(acq.msg(p.ScanChunk, arrays, scan_id=acq.scan_id, frame=frame, first_pixel=y * nx,
+                           n_pixels=counts.shape[0], encoding="events"))
+    return out
+
+
+def _live(effects: list) -> list[Publish]:
+    return [e for e in effects if isinstance(e, Publish) and e.model is p.ScanLive]
+
+
+@pytest.mark.parametrize("encoding", ["events", "dense"])
+def test_a_live_thread_publishes_the_same_refreshes(tmp_path: Path, cube: np.ndarray, encoding: str) -> None:
+    """The daemon runs the live PCA on a thread of its own: each frame's refresh sees exactly the
+    counts before the frame ended, so the publications are those of the engine that runs it in
+    place, bit for bit, in the same order (a refresh per frame, then the scan's end)."""
+    acq = Acquisition(cube)
+    chunks = _event_chunks if encoding == "events" else Acquisition.chunks
+    messages = [acq.start(elements=["S"]), *[c for f in range(FRAMES) for c in chunks(acq, f)], acq.end()]
+    inline = Engine(_settings(tmp_path / "inline"), Clock())
+    threaded = Engine(_settings(tmp_path / "threaded"), Clock(), live_thread=True)
+    try:
+        a, b = _live(_run(inline, messages)), _live(_run(threaded, messages))
+    finally:
+        threaded.close()
+    assert len(a) == len(b) == FRAMES  # frames 1 and 2 began, then the scan ended
+    assert [x.fields["frame"] for x in b] == [1, 2, 2]
+    for x, y in zip(a, b, strict=True):
+        assert x.fields == y.fields and x.arrays.keys() == y.arrays.keys()
+        for name in x.arrays:
+            np.testing.assert_array_equal(x.arrays[name], y.arrays[name])
+
+
+def test_a_live_threads_refresh_is_published_by_the_next_tick(tmp_path: Path, cube: np.ndarray) -> None:
+    clock, acq = Clock(), Acquisition(cube)
+    engine = Engine(_settings(tmp_path), clock, live_thread=True)
+    try:
+        _run(engine, [acq.start(), *acq.chunks(0), *acq.chunks(1)])  # frame 1 began: a refresh requested
+        engine.live_worker.wait()
+        (live,) = _live(engine.tick())
+        assert live.fields["frame"] == 1
+        assert not _live(engine.tick())  # published once; the next periodic refresh is not due yet
+        assert not _live(engine.drain_live())
+    finally:
+        engine.close()

@@ -74,6 +74,10 @@ class LivePCA:
         # per cell; past that bound X turns float64 (``_grow``)
         self._set_x(fresh_zeros(n_bins * self._width, np.float32).reshape(n_bins, self._width))
         self._bound = 0  # an upper bound on every cell of X
+        # X's rows [lo, hi) hold every count so far; the others are zero, and the Gram and the scores
+        # skip them: a scan fills X in raster order, so a refresh early in its first frame (the live
+        # view's first, 0.1 s in) reads only the rows swept so far
+        self._lo, self._hi = n_bins, 0
         self._S = np.zeros((self.n_live, self.n_live), dtype=np.float64)
         self._colsum = np.zeros(self._width)  # X's column sums (and the spare column's), kept per event
         # the delta since S was last brought up to date; None: too large, recompute S instead
@@ -99,13 +103,22 @@ class LivePCA:
         if delta.pixels is None or delta.counts is not None:
             self.update(delta.bins, delta.channels, delta.counts)
         elif delta.n_events:
-            self._add_events(*delta.pixels, delta.channels)
+            bin_of, first, offsets = delta.pixels
+            # raw pixels first..last fall in binned rows row(first)..row(last): a binned pixel's row
+            # never decreases along the raw raster (bin_of is the accumulator's binning map)
+            last, nx = first + int(offsets.max()), self.binned_shape[1]
+            self._touch(int(bin_of[first]) // nx * nx, (int(bin_of[last]) // nx + 1) * nx)
+            self._add_events(bin_of, first, offsets, delta.channels)
+
+    def _touch(self, lo: int, hi: int) -> None:
+        self._lo, self._hi = min(self._lo, lo), max(self._hi, hi)
 
     def update(self, bins: np.ndarray, channels: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Add counts at (binned pixel, full-resolution channel); ``counts`` None: one each.
         Entries may repeat a pair."""
         if bins.size == 0:
             return
+        self._touch(int(bins.min()), int(bins.max()) + 1)
         if counts is None:  # the compiled loop does not check its indices
             if not (bins.min() >= 0 and bins.max() < self.X.shape[0] and channels.min() >= 0
                     and channels.max() < self._lookup.size):
@@ -155,10 +168,13 @@ class LivePCA:
         """XᵀX, exact. A float32 product is exact while every partial sum is an integer below
         2**24: with m the largest cell, a block of rows·m² ≤ 2**24 rows qualifies (float32 BLAS,
         under half the time of float64; the blocks are summed in float64). Otherwise float64 blocks."""
-        X, n = self.X, self.X.shape[0]
+        X = self.X[self._lo:self._hi]  # the other rows are zero
+        n = X.shape[0]
         if X.dtype == np.float64:
             return X.T @ X  # numpy hands Xᵀ·X to BLAS syrk
-        m = float(X.max(initial=0.0))
+        # the padded rows' maximum bounds X's (the spare column is never read): a contiguous pass,
+        # 2 ms at 256² binned against 6-10 ms for numpy's strided reduction over X itself
+        m = float(self._padded[self._lo:self._hi].max(initial=0.0))
         rows = int(F32_EXACT // max(m * m, 1.0))
         S = np.zeros((self.n_live, self.n_live))
         if rows >= 1024:
@@ -226,8 +242,12 @@ class LivePCA:
         signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
         comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
         # (X·w − μ)·Cᵀ without a scaled copy of X (which is as large as X), in X's precision: the
-        # maps are published as float32
-        scores = self.X @ (comps * w).T.astype(self.X.dtype) - mu @ comps.T
+        # maps are published as float32. Rows outside [lo, hi) are zero: their scores are −μ·Cᵀ.
+        offset = mu @ comps.T
+        scores = np.empty((n, k), np.result_type(self.X.dtype, offset.dtype))
+        scores[:] = -offset
+        lo, hi = self._lo, max(self._lo, self._hi)
+        scores[lo:hi] = self.X[lo:hi] @ (comps * w).T.astype(self.X.dtype) - offset
         maps = scores.T.reshape(k, *self.binned_shape)
         return LiveComponents(ratio, comps, maps, self.live_energy_kev)
 
@@ -235,6 +255,12 @@ class LivePCA:
 @functools.cache
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
+
+
+def warm_up() -> None:
+    """Find the BLAS libraries for ``_one_blas_thread`` (threadpoolctl scans the loaded libraries:
+    ~0.15 s). The daemon calls it at start, so that the first scan's first refresh does not pay it."""
+    _blas()
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
