@@ -12,13 +12,13 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from edxlive.clients.phantoms import make_phantom
-from edxlive.service.pipeline import preprocess, spectra
+from edxlive.service.pipeline import preprocess, spectra, subsample
 from edxlive.service.pipeline.accumulate import offline_bin
 from edxlive.service.pipeline.analyze import analyze_cube
 from edxlive.service.pipeline.blocks import release
 from edxlive.service.pipeline.pca_gmm import PROJECT_ROWS, pca_scores
 from edxlive.service.pipeline.results import AnalysisParams
-from edxlive.service.pipeline.subsample import sample_rows
+from edxlive.service.pipeline.subsample import assign_rest, sample_rows
 
 
 def _dose(shape: tuple[int, int]) -> np.ndarray:
@@ -96,6 +96,17 @@ def test_cluster_sums_in_one_pass_over_observed_rows(tiny96: tuple[np.ndarray, o
     [want_soft] = spectra.weighted_sums(copied, [soft])
     np.testing.assert_array_equal(got_soft, want_soft)
     np.testing.assert_array_equal(got_hard, hard.T @ copied.astype(np.float64))  # integers: exact
+
+
+def test_assignment_in_blocks_is_one_vote_over_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    features = np.vstack([rng.normal(c, 1.0, (700, 4)) for c in (0.0, 2.0, 4.0)])
+    rows = np.sort(rng.choice(len(features), 300, replace=False))
+    labels = (features[rows, 0] > 1.0).astype(np.int64) + (features[rows, 0] > 3.0)
+    whole = assign_rest(features, rows, labels)
+    monkeypatch.setattr(subsample, "ASSIGN_BLOCK_ROWS", 97)  # many blocks, the last one short
+    np.testing.assert_array_equal(assign_rest(features, rows, labels), whole)
+    np.testing.assert_array_equal(whole[rows], labels)
 
 
 def test_analysis_of_a_read_only_memmap_equals_the_cube_in_memory(tmp_path: Path) -> None:

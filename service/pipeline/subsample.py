@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 ASSIGN_NEIGHBOURS = 15
+# memray at 1024² binned: one predict over every other pixel held its neighbours' indices and
+# distances (~0.25 GiB) at the analysis's high-water mark; blocks of rows give the same labels
+ASSIGN_BLOCK_ROWS = 1 << 16
 
 
 def sample_rows(n: int, rows: int | None, random_state: int | None) -> np.ndarray | None:
@@ -29,7 +32,10 @@ def assign_rest(features: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> n
     full[rows] = labels
     rest = np.ones(len(features), dtype=bool)
     rest[rows] = False
-    if rest.any():
-        vote = KNeighborsClassifier(n_neighbors=min(ASSIGN_NEIGHBOURS, len(rows)))
-        full[rest] = vote.fit(features[rows], labels).predict(features[rest])
+    others = np.flatnonzero(rest)
+    if others.size:
+        vote = KNeighborsClassifier(n_neighbors=min(ASSIGN_NEIGHBOURS, len(rows))).fit(features[rows], labels)
+        for start in range(0, others.size, ASSIGN_BLOCK_ROWS):
+            part = others[start:start + ASSIGN_BLOCK_ROWS]
+            full[part] = vote.predict(features[part])
     return full
