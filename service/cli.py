@@ -147,7 +147,7 @@ def analyze(
     elements: Annotated[str | None, typer.Option(help="Comma-separated elements, e.g. Cu,Zn,S.")] = None,
     kfactors: Annotated[Path | None, typer.Option(help="TOML file with a [kfactors] table.")] = None,
     workflow: Annotated[str, typer.Option(help="pca_gmm, umap_hdbscan, both, or faithful.")] = "both",
-    gmm_k: Annotated[int | None, typer.Option(help="GMM clusters (default: suggested by BIC).")] = None,
+    gmm_k: Annotated[int | None, typer.Option(help="GMM clusters (default: BIC's mixture, components with a single mode merged).")] = None,
     min_cluster_size: Annotated[int | None, typer.Option(help="HDBSCAN smallest cluster, in binned pixels.")] = None,
     bin: Annotated[int, typer.Option("--bin", help="Spatial binning factor.")] = 2,
     scaling: Annotated[str | None, typer.Option(help="poisson or robust.")] = None,
