@@ -72,6 +72,7 @@ class Daemon:
         self.stopping = False
         self.recent_errors: list[str] = []
         self._ready_sent = False
+        self._tick_error: str | None = None  # the last periodic-work fault logged (Daemon.tick)
         self._checkpoints = 0
 
     # ------------------------------------------------------------------ effects
@@ -130,6 +131,19 @@ class Daemon:
                 self.metrics.ingest_lag(max(0.0, time.time() - item.header.time))
         self.metrics.chunks_missing(self.engine.counters.gaps - before_gaps)
         self.metrics.chunks_duplicated(self.engine.counters.duplicates - before_dups)
+
+    def tick(self) -> None:
+        """The engine's timed work. A fault in it is a bug: logged (once while it repeats), and the
+        loop goes on receiving, so no client or message can end the daemon through it."""
+        try:
+            self.apply(self.engine.tick())
+            self._tick_error = None
+        except Exception as exc:
+            line = f"internal error in the periodic work: {type(exc).__name__}: {exc}"
+            if line != self._tick_error:
+                log.exception(line + " [logged once while it repeats]")
+                self.recent_errors = [*self.recent_errors[-9:], line]
+            self._tick_error = line
 
     def collect_analyses(self) -> None:
         for job, outcome, took in self.analysis.done():
@@ -211,7 +225,7 @@ class Daemon:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 0.1
-                self.apply(self.engine.tick())
+                self.tick()
                 self._ready()
             if now >= next_status:
                 next_status = now + self.settings.outbound.status_interval_s

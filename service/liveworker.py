@@ -24,6 +24,10 @@ from typing import Any
 MAX_BACKLOG_EVENTS = 1 << 24  # the caller waits while more wait; their chunks' arrays are held until added
 
 
+class LiveTaskFailed(RuntimeError):
+    """A posted task failed on the worker's thread; ``__cause__`` is its exception."""
+
+
 class LiveWorker:
     def __init__(self, threaded: bool = False, max_backlog_events: int = MAX_BACKLOG_EVENTS) -> None:
         self._cond = threading.Condition()
@@ -89,7 +93,7 @@ class LiveWorker:
     def _raise_failure(self) -> None:
         failure, self._failure = self._failure, None
         if failure is not None:
-            raise RuntimeError(f"live PCA worker: {type(failure).__name__}: {failure}") from failure
+            raise LiveTaskFailed(f"live PCA worker: {type(failure).__name__}: {failure}") from failure
 
     def _run(self) -> None:
         while True:

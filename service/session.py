@@ -25,7 +25,7 @@ import numpy as np
 from edxlive.service import checkpoint, storage
 from edxlive.service import protocol as p
 from edxlive.service.config import Settings
-from edxlive.service.liveworker import LiveWorker
+from edxlive.service.liveworker import LiveTaskFailed, LiveWorker
 from edxlive.service.pipeline.accumulate import Accumulator, ChunkDelta, zero_spares
 from edxlive.service.pipeline.livepca import LiveComponents, LivePCA
 from edxlive.service.pipeline.meta import DetectorMeta, ScanMeta
@@ -168,6 +168,7 @@ class Engine:
         self.live_worker = LiveWorker(threaded=live_thread)
         # requested refreshes not yet published: (result, the scan.live fields, element maps)
         self._live_pending: deque[tuple[Future[LiveComponents], dict[str, Any], np.ndarray | None]] = deque()
+        self._live_errors: list[str] = []  # live PCA failures not yet reported (_live_failed)
         self.scan: Scan | None = None
         self.counters = Counters()
         self.last_seq: dict[str, int] = {}
@@ -439,7 +440,11 @@ class Engine:
         self._next_live = self.clock() + self.settings.outbound.live_interval_s
         self._hand_over(scan)
         if scan.acc.events:
-            elements, maps = _element_maps(scan) if self.settings.live.element_maps else ([], None)
+            try:
+                elements, maps = _element_maps(scan) if self.settings.live.element_maps else ([], None)
+            except Exception as exc:
+                self._live_failed(exc)
+                elements, maps = [], None
             fields = dict(scan_id=scan.scan_id, frame=scan.frame, elements=elements,
                           energy_offset_kev=scan.start.energy_offset_kev, energy_scale_kev=scan.start.energy_scale_kev)
             comps = self.live_worker.submit(scan.live.refresh, self.settings.live.pca_components)
@@ -448,20 +453,40 @@ class Engine:
 
     def _live_results(self, keep: int | None = None) -> list[Effect]:
         """The finished refreshes, in the order requested; ``keep``: wait until at most that many
-        are still running (None: none waited for)."""
+        are still running (None: none waited for). A failed refresh is logged and skipped."""
         effects: list[Effect] = []
         while self._live_pending:
             future, fields, maps = self._live_pending[0]
             if not future.done() and (keep is None or len(self._live_pending) <= keep):
                 break
             self._live_pending.popleft()
+            if (exc := future.exception()) is not None:
+                self._live_failed(exc)
+                continue
             comps = future.result()
             arrays = {"scree": comps.explained_variance_ratio[:32].astype(np.float32),
                       "components": comps.maps.astype(np.float32)}
             if maps is not None:
                 arrays["element_maps"] = maps
             effects.append(Publish(p.ScanLive, {**fields, "n_components": int(comps.maps.shape[0])}, arrays))
-        return effects
+        return self._live_error_effects() + effects
+
+    def _live_failed(self, exc: BaseException) -> None:
+        """The live PCA is a preview: its failure must cost neither the counts nor the daemon."""
+        if isinstance(exc, LiveTaskFailed) and exc.__cause__ is not None:
+            exc = exc.__cause__
+        self._live_errors.append(f"live PCA failed ({type(exc).__name__}: {exc}); the live view skips it, "
+                                 "the counts and the scan-end analysis are unaffected")
+
+    def _live_error_effects(self) -> list[Effect]:
+        errors, self._live_errors = self._live_errors, []
+        return [LogEvent(logging.ERROR, e) for e in errors]
+
+    def _wait_live(self) -> None:
+        try:
+            self.live_worker.wait()
+        except Exception as exc:
+            self._live_failed(exc)
 
     def _hand_over(self, scan: Scan, delta: ChunkDelta | None = None) -> None:
         """A chunk's counts to the live worker (None: those held back). Threaded, chunks under
@@ -472,15 +497,19 @@ class Engine:
             if self.live_worker.threaded and scan.batch_events < LIVE_BATCH_EVENTS:
                 return
         if scan.batch:
-            self.live_worker.post(_add_live, scan.live, scan.batch, events=scan.batch_events)
+            batch, events = scan.batch, scan.batch_events
             scan.batch, scan.batch_events = [], 0
+            try:
+                self.live_worker.post(_add_live, scan.live, batch, events=events)
+            except Exception as exc:  # inline: this batch's failure; threaded: an earlier one's
+                self._live_failed(exc)
 
     def drain_live(self) -> list[Effect]:
         """Wait until the live worker has added every count received and finished every refresh
         requested; their publications."""
         if self.scan is not None:
             self._hand_over(self.scan)
-        self.live_worker.wait()
+        self._wait_live()
         return self._live_results(keep=0)
 
     def close(self) -> None:
@@ -513,7 +542,8 @@ class Engine:
         effects: list[Effect] = [LogEvent(logging.INFO, msg)]
         if current:
             effects += [self._progress(scan), *self._live(scan, keep=0)]
-            self.live_worker.wait()  # and the worker holds none of its arrays: the next scan reuses them
+            self._wait_live()  # and the worker holds none of its arrays: the next scan reuses them
+            effects += self._live_error_effects()
         return effects + self._save(scan)
 
     def _save(self, scan: Scan) -> list[Effect]:

@@ -259,3 +259,31 @@ def test_a_live_threads_refresh_is_published_by_the_next_tick(tmp_path: Path, cu
         assert not _live(engine.drain_live())
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_failing_live_pca_is_logged_and_costs_neither_counts_nor_scan(
+        tmp_path: Path, cube: np.ndarray, threaded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live PCA is a preview: when its update or refresh fails (here: out of memory, injected),
+    the engine logs one error line per failure and goes on; the scan's counts are saved whole
+    and handed to the scan-end analysis."""
+    from edxlive.service.pipeline.livepca import LivePCA
+
+    def out_of_memory(*_: object) -> None:
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(LivePCA, "add", out_of_memory)
+    monkeypatch.setattr(LivePCA, "refresh", out_of_memory)
+    clock, acq = Clock(), Acquisition(cube)
+    engine = Engine(_settings(tmp_path), clock, live_thread=threaded)
+    try:
+        effects = _run(engine, [acq.start(), *acq.chunks(0), *acq.chunks(1)])
+        effects += engine.tick() + engine.drain_live()
+        effects += _run(engine, [*acq.chunks(2), acq.end()])
+    finally:
+        engine.close()
+    errors = [e.message for e in effects if isinstance(e, LogEvent) and e.level >= 40]
+    assert errors and all(m.startswith("live PCA failed (MemoryError: injected)") for m in errors)
+    assert not _live(effects)
+    (job,) = [e for e in effects if isinstance(e, AnalysisJob)]
+    np.testing.assert_array_equal(np.load(job.folder / storage.CUBE_NPY), offline_bin(cube.sum(0), 2))
