@@ -12,6 +12,10 @@ import numpy as np
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "numba"))
 
+from edxlive.service.logs import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # the figures, not HyperSpy's import-path notices, as the CLI shows them
+
 
 def machine() -> str:
     cpus = os.cpu_count()
