@@ -83,6 +83,18 @@ def test_clusters_within_three_sigma_are_one_phase() -> None:
     assert len([ph for ph in v["phases"] if ph["role"] == "phase"]) == 1
 
 
+@pytest.mark.parametrize(("ari", "outside", "warned"), [(0.92, 0.49, True), (0.94, 0.75, False), (0.4, 0.9, True),
+                                                      (0.92, None, False)])
+def test_the_agreement_reason_looks_past_the_film(ari: float, outside: float | None, warned: bool) -> None:
+    """A film filling the map keeps the all-pixel ARI high while the workflows split the particles
+    differently: the ARI outside the shared largest cluster says so."""
+    a = {"Cu": (25.0, 0.5), "Fe": (25.0, 0.5), "S": (50.0, 0.6)}
+    v = build_verdict([_member("pca_gmm", 0, a, 0.5)], ari, {}, outside)
+    (reason,) = [r for r in v["reasons"] if r.startswith("agreement")]
+    assert ("disagree" in reason or "differently" in reason) is warned, reason
+    assert ("outside the largest cluster" in reason) is (outside is not None and ari >= 0.5)
+
+
 def test_vacuum_and_support_are_not_phases() -> None:
     a = {"Cu": (25.0, 0.5), "Fe": (25.0, 0.5), "S": (50.0, 0.6)}
     vacuum = Member("pca_gmm", 1, Composition({}, {}, {}, 3.0, True), 0.2, 0.1, "vacuum")

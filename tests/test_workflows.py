@@ -195,6 +195,22 @@ def test_low_dose_phases_are_found_by_both_workflows(tmp_path_factory: pytest.Te
         assert np.mean(truth[phase2] == 2) > 0.8 and np.mean(phase2[truth == 2]) > 0.9, name
     gmm = result.workflows["pca_gmm"]
     assert adjusted_rand_score(truth[particles], gmm.labels[particles]) > 0.75
+    # the film fills most of the map: outside it the workflows' agreement is measured apart
+    assert result.agreement["ari_outside_largest"] is not None
+    assert any(r.startswith("agreement") and "outside the largest cluster" in r for r in result.verdict["reasons"])
+
+
+def test_the_agreement_outside_the_largest_cluster_sees_a_merged_phase() -> None:
+    """Two labelings that agree on a film of 900 pixels and differ on 100 particle pixels (one
+    workflow merged two phases): the all-pixel ARI stays high, the ARI outside the film does not."""
+    from edxlive.service.pipeline.analyze import _ari_outside_largest
+
+    a = np.r_[np.zeros(900, int), np.ones(50, int), np.full(50, 2)]
+    b = np.r_[np.zeros(900, int), np.ones(100, int)]
+    assert _ari_outside_largest(a, b) == 0.0
+    assert _ari_outside_largest(a, a) == 1.0
+    assert _ari_outside_largest(np.zeros(5, int), np.zeros(5, int)) is None  # nothing outside the film
+    assert _ari_outside_largest(np.full(5, -1), a[:5]) is None  # all noise
 
 
 def test_low_dose_compositions_are_recovered_within_their_sigma(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -30,6 +30,7 @@ Progress = Callable[[str, float], None]
 VACUUM_FRACTION = 0.1  # a cluster under 10 % of the scan's mean counts per pixel is vacuum
 UMAP_MIN_DIMS = 6
 FAITHFUL_CHANNELS = 1024  # the reference method's feature channels (0.2-20 keV summed down to <= 1024)
+MIN_OUTSIDE_PIXELS = 10  # fewer pixels outside the shared largest cluster: no second ARI
 
 
 class Context:
@@ -146,7 +147,7 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
     low = _low_count_elements(total, meta, elements, kf, shift)
     members = [Member(name, c.id, c.composition, c.area_fraction, c.counts_per_pixel, c.role)
                for name, wf in workflows.items() for c in wf.clusters]
-    verdict = build_verdict(members, agreement.get("ari"), low)
+    verdict = build_verdict(members, agreement.get("ari"), low, agreement.get("ari_outside_largest"))
     timings["total"] = time.perf_counter() - t0
     report("done", 1.0)
     return AnalysisResult(meta, workflows, agreement, verdict, elements, source, kf.values, kf.source, METHOD,
@@ -227,7 +228,21 @@ def _agreement(workflows: dict[str, WorkflowResult], observed: np.ndarray) -> di
     from sklearn.metrics import adjusted_rand_score
 
     a, b = (wf.labels.reshape(-1)[observed] for wf in list(workflows.values())[:2])
-    return {"ari": round(float(adjusted_rand_score(a, b)), 4)}
+    return {"ari": round(float(adjusted_rand_score(a, b)), 4), "ari_outside_largest": _ari_outside_largest(a, b)}
+
+
+def _ari_outside_largest(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The ARI over the pixels that are not in both workflows' largest cluster. A film or matrix
+    that fills most of the map keeps the all-pixel ARI high even where the workflows split the
+    particles differently (docs/analysis.md, "UMAP's seed matters at low dose")."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if not (a >= 0).any() or not (b >= 0).any():
+        return None
+    keep = (a != np.bincount(a[a >= 0]).argmax()) | (b != np.bincount(b[b >= 0]).argmax())
+    if keep.sum() < MIN_OUTSIDE_PIXELS:
+        return None
+    return round(float(adjusted_rand_score(a[keep], b[keep])), 4)
 
 
 def _low_count_elements(total: np.ndarray, meta: ScanMeta, elements: list[str], kf: KFactors,
