@@ -102,14 +102,18 @@ class Daemon:
         self.metrics.storage_failure(f.what)
         if f.first:
             log.error(f.detail)
-            self.recent_errors = [*self.recent_errors[-9:], f.detail]
+            self._remember(f.detail)
+
+    def _remember(self, line: str) -> None:
+        """The last ten error lines, for the status document."""
+        self.recent_errors = [*self.recent_errors[-9:], line]
 
     def _rejected(self, r: Rejection) -> None:
         self.metrics.message_rejected(r.reason)
         if r.first_for_scan:
             line = f"rejected ({r.reason}){' in scan ' + r.scan_id if r.scan_id else ''}: {r.detail}"
             log.warning(line + " [logged once per reason per scan]")
-            self.recent_errors = [*self.recent_errors[-9:], line]
+            self._remember(line)
 
     # ------------------------------------------------------------------ loop steps
 
@@ -142,7 +146,7 @@ class Daemon:
             line = f"internal error in the periodic work: {type(exc).__name__}: {exc}"
             if line != self._tick_error:
                 log.exception(line + " [logged once while it repeats]")
-                self.recent_errors = [*self.recent_errors[-9:], line]
+                self._remember(line)
             self._tick_error = line
 
     def collect_analyses(self) -> None:

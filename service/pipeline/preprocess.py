@@ -50,8 +50,7 @@ class ScaledRows:
 
     def blocks(self, step: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, its float32 block), ``step`` rows at a time."""
-        for start in range(0, len(self), step):
-            yield start, self[start:start + step]
+        return row_blocks(self, step)
 
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         if self._dense is not None:
@@ -134,9 +133,6 @@ def _identity(X: np.ndarray) -> np.ndarray:
 
 def row_blocks(X: np.ndarray | ScaledRows, step: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, its block) of a matrix or of ScaledRows, ``step`` rows at a time."""
-    if isinstance(X, ScaledRows):
-        yield from X.blocks(step)
-        return
     for start in range(0, len(X), step):
         yield start, X[start:start + step]
 
