@@ -288,6 +288,9 @@ def test_sender_faults_late_join_publisher_restart_two_publishers_reused_id(tmp_
         one.scan_id = one.fields["scan_id"] = "join"  # reused id: a new acquisition under the same name
         reused_before = one.sent.copy()
         one.send_frame(0)
+        # the two publishers are two connections: "other" supersedes the reused scan only once the
+        # daemon has read that scan's start (sent at once, "other" was read first in ~1 run of 5)
+        procs.wait_for(lambda: log.read_text().count("scan join: acquiring") == 2, 60, what="the reused scan's start")
         two.send_frame(0)  # supersedes "join" (reused)
         one.send_frame(1)  # the superseded publisher goes on: late, counted, not mixed into "other"
         two.send_frame(1)
@@ -309,8 +312,8 @@ def test_sender_faults_late_join_publisher_restart_two_publishers_reused_id(tmp_
     second_join = text[text.index("scan join: completed") + 1:]
     status, events, _ = _ended(second_join, "join")  # the reused id: its own scan, superseded by "other"
     assert status == "aborted" and "superseded by scan other" in second_join
-    # The daemon reads both publishers fairly, so "other" starts somewhere inside the reused scan's
-    # frame 0: the rows before that are kept, the rest of its chunks are rejected as late.
+    # The daemon reads both publishers fairly, so "other" starts somewhere inside (or after) the
+    # reused scan's frame 0: the rows before that are kept, the rest of its chunks are rejected as late.
     aborted = next(line for line in second_join.splitlines() if "scan join: aborted" in line)
     lost_px = re.search(r"missing pixels by frame \{0: (\d+)\}", aborted)
     kept_px = 32 * 32 - (int(lost_px.group(1)) if lost_px else 0)
