@@ -30,6 +30,7 @@ class AnalyzeError(ValueError):
 def run_analyze(*, file: Path, out: Path | None, elements: str | None, kfactors: Path | None, workflow: str,
                 gmm_k: int | None, min_cluster_size: int | None, binning: int, scaling: str | None,
                 anions: str | None, seed: int | None, quiet: bool) -> Path:
+    from edxlive.service.pipeline.analyze import EmptyScanError
     from edxlive.service.pipeline.elements import ElementError
     from edxlive.service.pipeline.kfactors import KFactorError
 
@@ -48,7 +49,7 @@ def run_analyze(*, file: Path, out: Path | None, elements: str | None, kfactors:
             return _single_spectrum(sig, Path(file), out, element_list, kfactors)
         return _spectrum_image(sig, Path(file), out, element_list, kfactors, workflow, gmm_k, min_cluster_size,
                                binning, scaling, _split(anions) or ["S"], seed, quiet)
-    except (LoadError, ElementError, KFactorError) as exc:
+    except (LoadError, ElementError, KFactorError, EmptyScanError) as exc:
         raise AnalyzeError(str(exc)) from None
     except MemoryError:
         raise AnalyzeError(f"{file}: not enough memory; bin more (--bin) or analyse a smaller region") from None

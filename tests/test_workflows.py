@@ -253,3 +253,14 @@ def test_prepare_in_row_blocks_equals_the_whole_matrix(scaling: str) -> None:
     assert len(X) > preprocess.BLOCK_ROWS  # more than one block
     np.testing.assert_array_equal(got.X, want.astype(np.float32))
     np.testing.assert_array_equal(got.observed, observed)
+
+
+def test_a_cube_without_counts_is_refused_in_one_line() -> None:
+    """A scan aborted before its first chunk reaches the analysis with no counts at all: one line
+    that says so and where to look, not a clustering library's error about empty arrays."""
+    from edxlive.service.pipeline.analyze import EmptyScanError
+
+    ph = make_phantom("tiny")
+    ph.meta.binning = 1
+    with pytest.raises(EmptyScanError, match=r"^the spectrum image holds no counts: .*edxlive tail"):
+        analyze_cube(np.zeros(ph.counts.shape, np.uint32), ph.meta, AnalysisParams())

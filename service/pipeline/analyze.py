@@ -30,6 +30,10 @@ Progress = Callable[[str, float], None]
 VACUUM_FRACTION = 0.1  # a cluster under 10 % of the scan's mean counts per pixel is vacuum
 UMAP_MIN_DIMS = 6
 FAITHFUL_CHANNELS = 1024  # the reference method's feature channels (0.2-20 keV summed down to <= 1024)
+class EmptyScanError(ValueError):
+    """A cube without a single count: nothing to cluster or quantify."""
+
+
 MIN_OUTSIDE_PIXELS = 10  # fewer pixels outside the shared largest cluster: no second ARI
 
 
@@ -115,6 +119,9 @@ def _analyze(cube: np.ndarray, meta: ScanMeta, params: AnalysisParams, dose: np.
     t0 = time.perf_counter()
     cube = np.asarray(cube)  # a memmap stays one: the cube is read a block of rows at a time
     total, totals = cube_sums(cube.reshape(-1, cube.shape[-1]))
+    if not total.any():  # a scan aborted before its first chunk, or an empty file
+        raise EmptyScanError("the spectrum image holds no counts: nothing to cluster or quantify; check that the "
+                             "acquisition's chunks reach the daemon (`edxlive tail` shows scan.progress)")
     elements, source = choose_elements(params.elements, meta, total)
     shift = estimate_shift(total, meta, elements)
     emax = xray.energy_max(meta)
